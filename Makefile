@@ -1,0 +1,54 @@
+# kensaku: `make run` (the embedded stack with the sample corpus) and `make test`.
+# Both set everything up on a fresh machine: a virtual environment, the pinned CPU torch, the
+# project with its pinned dependencies, and the offline Japanese default model.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.kensaku-installed
+MODEL_STAMP := .models/.built
+
+.PHONY: install model run test lint typecheck bench-ingest bench-embed bench-search clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "kensaku needs Python >= 3.11"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first and pinned: an unpinned torch pulls several GB of CUDA packages (DESIGN.md §6).
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[embedded,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+$(MODEL_STAMP): $(STAMP)
+	$(BIN)/kensaku model build
+	touch $(MODEL_STAMP)
+
+model: $(MODEL_STAMP)
+
+run: $(MODEL_STAMP)
+	$(BIN)/kensaku up --data-dir .data --ingest data/sample/corpus.jsonl
+
+test: $(MODEL_STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy api worker shared
+
+bench-ingest: $(MODEL_STAMP)
+	$(BIN)/kensaku bench ingest --docs 2000
+
+bench-embed: $(MODEL_STAMP)
+	$(BIN)/kensaku bench embed
+
+bench-search: $(MODEL_STAMP)
+	$(BIN)/kensaku bench search
+
+clean:
+	rm -rf $(VENV) .models .data
