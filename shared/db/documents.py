@@ -1,0 +1,106 @@
+"""Reads and deletes of single documents and jobs."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import asyncpg
+
+from shared.db.queries import Q
+from shared.errors import NotFoundError
+
+JOB_ERRORS_SHOWN = 10
+
+
+async def require_collection(conn: asyncpg.Connection | asyncpg.Pool, name: str) -> int:
+    cid = await conn.fetchval(Q.collection_id, name)
+    if cid is None:
+        raise NotFoundError(f"collection {name!r} not found")
+    return int(cid)
+
+
+async def get_document(pool: asyncpg.Pool, collection: str, external_id: str) -> dict[str, Any]:
+    await require_collection(pool, collection)
+    row = await pool.fetchrow(Q.get_document, collection, external_id)
+    if row is None:
+        raise NotFoundError(f"document {external_id!r} not found in collection {collection!r}")
+    return {
+        "id": row["external_id"],
+        "collection": collection,
+        "title": row["title"],
+        "text": row["body"],
+        "metadata": json.loads(row["metadata"]),
+        "status": row["status"],
+        "chunks": row["chunk_count"],
+        "attempts": row["attempts"],
+        "last_error": row["last_error"],
+        "job_id": str(row["job_id"]) if row["job_id"] else None,
+        "created_at": row["created_at"].isoformat(),
+        "updated_at": row["updated_at"].isoformat(),
+    }
+
+
+async def delete_document(pool: asyncpg.Pool, collection: str, external_id: str) -> None:
+    await require_collection(pool, collection)
+    async with pool.acquire() as conn, conn.transaction():
+        doc_id = await conn.fetchval(Q.lock_document, collection, external_id)
+        if doc_id is None:
+            raise NotFoundError(f"document {external_id!r} not found in collection {collection!r}")
+        await conn.execute(Q.delete_chunks_with_stats, [doc_id])
+        await conn.execute(Q.delete_document_row, doc_id)
+
+
+def _job_state(total: int, queued: int, prepped: int, failed: int) -> str:
+    pending = queued + prepped
+    if total == 0:
+        return "done"
+    if pending == 0:
+        if failed == 0:
+            return "done"
+        return "failed" if failed >= total else "partial"
+    if pending >= total and prepped == 0:
+        return "queued"
+    return "running"
+
+
+async def job_status(pool: asyncpg.Pool, job_id: str) -> dict[str, Any]:
+    try:
+        jid = uuid.UUID(job_id)
+    except ValueError:
+        raise NotFoundError(f"job {job_id!r} not found (not a job id)") from None
+    row = await pool.fetchrow(Q.job_status, jid)
+    if row is None:
+        raise NotFoundError(f"job {job_id!r} not found")
+    total = row["total"]
+    queued, prepped, failed = row["queued"], row["prepped"], row["failed"]
+    # Documents re-uploaded by a later job belong to that job now; for this one they are done.
+    indexed = max(0, total - queued - prepped - failed)
+    state = _job_state(total, queued, prepped, failed)
+    finished_at = row["finished_at"]
+    if state in ("done", "partial", "failed") and finished_at is None:
+        finished_at = await pool.fetchval(Q.mark_job_finished, jid) or finished_at
+    errors = await pool.fetch(Q.job_errors, jid, JOB_ERRORS_SHOWN)
+    return {
+        "job_id": str(jid),
+        "collection": row["collection"],
+        "status": state,
+        "total": total,
+        "prepped": indexed + prepped,
+        "indexed": indexed,
+        "failed": failed,
+        "unchanged": row["unchanged"],
+        "rejected": row["rejected"],
+        "errors": [
+            {
+                "id": e["external_id"],
+                "stage": e["stage"],
+                "error": e["message"],
+                "at": e["at"].isoformat(),
+            }
+            for e in errors
+        ],  # fmt: skip
+        "created_at": row["created_at"].isoformat(),
+        "finished_at": finished_at.isoformat() if finished_at else None,
+    }

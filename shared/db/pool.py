@@ -1,0 +1,30 @@
+"""asyncpg pools: one per process, with pgvector's codec registered on every connection."""
+
+from __future__ import annotations
+
+import asyncpg
+from pgvector.asyncpg import register_vector
+
+from shared.config import Settings
+
+
+async def _init(conn: asyncpg.Connection) -> None:
+    await register_vector(conn)
+
+
+async def create_pool(settings: Settings, *, min_size: int | None = None) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        settings.database_url,
+        min_size=settings.db_pool_min if min_size is None else min_size,
+        max_size=settings.db_pool_max,
+        init=_init,
+        # Search reads these per connection, so a query stays one round trip (no SET first).
+        # relaxed_order iterative scans keep filtered HNSW queries returning top_k rows.
+        server_settings={
+            "hnsw.ef_search": str(settings.hnsw_ef_search),
+            "hnsw.iterative_scan": "relaxed_order",
+            "application_name": "kensaku",
+        },
+    )
+    assert pool is not None
+    return pool

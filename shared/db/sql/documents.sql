@@ -1,0 +1,113 @@
+-- name: upsert_collection
+INSERT INTO collections (name) VALUES ($1)
+ON CONFLICT (name) DO UPDATE SET name = excluded.name
+RETURNING id;
+
+-- name: collection_id
+SELECT id FROM collections WHERE name = $1;
+
+-- name: create_upload_staging
+CREATE TEMP TABLE upload_staging (
+    external_id  text NOT NULL,
+    title        text NOT NULL,
+    body         text NOT NULL,
+    metadata     jsonb NOT NULL,
+    content_hash bytea NOT NULL
+) ON COMMIT DROP;
+
+-- name: insert_job
+INSERT INTO ingest_jobs (id, collection_id, rejected) VALUES ($1, $2, $3);
+
+-- name: upsert_documents
+-- New documents and changed ones (or ones that failed before) are (re)queued; unchanged ones are
+-- left alone, so re-uploading them costs no work. Rows come back in id order for batching.
+WITH up AS (
+    INSERT INTO documents AS d (collection_id, external_id, title, body, metadata, content_hash, job_id)
+    SELECT $1, external_id, title, body, metadata, content_hash, $2
+    FROM upload_staging
+    ORDER BY external_id
+    ON CONFLICT (collection_id, external_id) DO UPDATE
+        SET title = excluded.title, body = excluded.body, metadata = excluded.metadata,
+            content_hash = excluded.content_hash, job_id = excluded.job_id,
+            version = d.version + 1, status = 'queued', attempts = 0, last_error = NULL,
+            updated_at = now()
+        WHERE d.content_hash <> excluded.content_hash OR d.status = 'failed'
+    RETURNING d.id
+)
+SELECT id FROM up ORDER BY id;
+
+-- name: update_unchanged_metadata
+-- Metadata is not part of the indexed text: a metadata-only change is applied in place.
+UPDATE documents d SET metadata = s.metadata, updated_at = now()
+FROM upload_staging s
+WHERE d.collection_id = $1 AND d.external_id = s.external_id
+  AND d.content_hash = s.content_hash AND d.metadata <> s.metadata;
+
+-- name: set_job_counts
+UPDATE ingest_jobs SET total = $2, unchanged = $3,
+    finished_at = CASE WHEN $2 = 0 THEN now() END
+WHERE id = $1;
+
+-- name: get_document
+SELECT d.external_id, d.title, d.body, d.metadata, d.status::text AS status, d.version,
+       d.attempts, d.last_error, d.job_id, d.created_at, d.updated_at,
+       (SELECT count(*) FROM chunks c WHERE c.document_id = d.id) AS chunk_count
+FROM documents d JOIN collections c ON c.id = d.collection_id
+WHERE c.name = $1 AND d.external_id = $2;
+
+-- name: lock_document
+-- Chunks and embeddings go with the row (ON DELETE CASCADE); BM25 statistics are decremented first.
+WITH doc AS (
+    SELECT d.id FROM documents d JOIN collections c ON c.id = d.collection_id
+    WHERE c.name = $1 AND d.external_id = $2
+    FOR UPDATE OF d
+)
+SELECT id FROM doc;
+
+-- name: delete_document_row
+DELETE FROM documents WHERE id = $1;
+
+-- name: job_status
+SELECT j.id, j.total, j.unchanged, j.rejected, j.created_at, j.finished_at,
+       c.name AS collection,
+       count(d.id) FILTER (WHERE d.status = 'queued') AS queued,
+       count(d.id) FILTER (WHERE d.status = 'prepped') AS prepped,
+       count(d.id) FILTER (WHERE d.status = 'indexed') AS indexed,
+       count(d.id) FILTER (WHERE d.status = 'failed') AS failed
+FROM ingest_jobs j
+JOIN collections c ON c.id = j.collection_id
+LEFT JOIN documents d ON d.job_id = j.id
+WHERE j.id = $1
+GROUP BY j.id, c.name;
+
+-- name: job_errors
+SELECT d.external_id, e.stage, e.message, e.at
+FROM ingest_errors e LEFT JOIN documents d ON d.id = e.document_id
+WHERE e.job_id = $1
+ORDER BY e.at, e.id
+LIMIT $2;
+
+-- name: mark_job_finished
+UPDATE ingest_jobs SET finished_at = now() WHERE id = $1 AND finished_at IS NULL
+RETURNING finished_at;
+
+-- name: claim_pending
+-- The sweeper: documents pending for longer than the grace period whose queue message may have
+-- been lost. Claiming bumps updated_at, so the next sweep waits a full grace period again, and
+-- SKIP LOCKED lets several sweepers (one per API process) split the work instead of doubling it.
+UPDATE documents d SET updated_at = now()
+FROM (
+    SELECT id FROM documents
+    WHERE status IN ('queued', 'prepped') AND updated_at < now() - make_interval(secs => $1)
+    ORDER BY id
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+) p
+WHERE d.id = p.id
+RETURNING d.id, d.status::text AS status;
+
+-- name: status_counts
+SELECT status::text AS status, count(*) AS n FROM documents GROUP BY 1;
+
+-- name: ping
+SELECT 1;
