@@ -32,3 +32,7 @@ CREATE INDEX IF NOT EXISTS {table}_hnsw ON {table} USING hnsw (embedding {opclas
 
 -- name: delete_embeddings
 DELETE FROM {table} WHERE chunk_id = ANY($1::bigint[]);
+
+-- name: nearest_chunks
+-- Chunk-level nearest neighbours (the benchmark compares this with and without the index).
+SELECT chunk_id FROM {table} ORDER BY embedding <=> $1 LIMIT $2;

@@ -1,0 +1,62 @@
+"""The sweeper: Postgres is the source of truth, Redis only a work signal. Documents that stay
+pending after a grace period while the queues are idle had their message lost (Redis restarted or
+flushed, a worker killed with a task in hand) and are enqueued again. Tasks are idempotent, so a
+document enqueued twice is harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import asyncpg
+import redis.asyncio as aioredis
+from celery import Celery
+
+from shared.config import Settings
+from shared.db.queries import Q
+from shared.queues import ALL_QUEUES
+from shared.taskqueue import enqueue_embed, enqueue_prep
+
+log = logging.getLogger(__name__)
+
+SWEEP_LIMIT = 50_000
+
+
+async def queue_depths(redis: aioredis.Redis) -> dict[str, int]:
+    # Kombu's Redis transport keeps each queue as a list under the queue's name.
+    return {q: int(await redis.llen(q)) for q in ALL_QUEUES}
+
+
+async def sweep_once(
+    pool: asyncpg.Pool, redis: aioredis.Redis, app: Celery, settings: Settings
+) -> tuple[int, int]:
+    """Re-enqueue lost work; return (prep, embed) document counts enqueued."""
+    if any((await queue_depths(redis)).values()):
+        # A backlog means messages are still on their way; its documents are not lost.
+        return 0, 0
+    rows = await pool.fetch(Q.claim_pending, settings.sweep_grace_seconds, SWEEP_LIMIT)
+    prep = [r["id"] for r in rows if r["status"] == "queued"]
+    embed = [r["id"] for r in rows if r["status"] == "prepped"]
+    if prep:
+        await asyncio.to_thread(enqueue_prep, app, prep, settings.prep_batch_size)
+    if embed:
+        await asyncio.to_thread(enqueue_embed, app, embed, settings.prep_batch_size)
+    if prep or embed:
+        log.warning(
+            "sweeper re-enqueued %d documents for prep and %d for embed", len(prep), len(embed)
+        )
+    return len(prep), len(embed)
+
+
+async def sweep_forever(
+    pool: asyncpg.Pool, redis: aioredis.Redis, app: Celery, settings: Settings
+) -> None:
+    while True:
+        try:
+            await sweep_once(pool, redis, app, settings)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the broker or database may be down; try again next round
+            log.exception("sweep failed")
+        await asyncio.sleep(settings.sweep_interval_seconds)

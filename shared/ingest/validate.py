@@ -1,0 +1,142 @@
+"""Validation of uploaded documents, one at a time, with a message that says what is wrong.
+
+A bad document is rejected on its own (its index and id are reported); the others in the same
+request are still accepted.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from shared.config import Settings
+from shared.text.normalize import normalize
+from shared.text.pipeline import content_hash
+
+COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_ALLOWED_FIELDS = frozenset({"id", "title", "text", "metadata"})
+_MAX_TITLE_CHARS = 2_000
+_MAX_METADATA_BYTES = 64 * 1024
+# C0 controls other than tab, line feed and carriage return have no place in an id.
+_ID_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class DocumentRejected(ValueError):
+    """One document is invalid; the message is shown to the client as is."""
+
+
+@dataclass(frozen=True, slots=True)
+class ValidDocument:
+    external_id: str
+    title: str
+    body: str
+    metadata_json: str
+    content_hash: bytes
+
+    def record(self) -> tuple[str, str, str, str, bytes]:
+        return (self.external_id, self.title, self.body, self.metadata_json, self.content_hash)
+
+
+def check_collection(name: Any) -> str:
+    if not isinstance(name, str) or not COLLECTION_NAME.match(name):
+        raise DocumentRejected(
+            "collection must be 1-64 characters of letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def _check_text(value: str, field: str) -> None:
+    nul = value.find("\x00")
+    if nul >= 0:
+        raise DocumentRejected(f"{field} contains a NUL character at position {nul}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise DocumentRejected(
+            f"{field} contains an unpaired surrogate at position {exc.start} (not valid Unicode)"
+        ) from None
+
+
+def _check_json_strings(value: Any, where: str) -> None:
+    # jsonb refuses \u0000 and lone surrogates anywhere, keys included.
+    if isinstance(value, str):
+        _check_text(value, where)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_text(k, f"{where} key")
+            _check_json_strings(v, f"{where}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_json_strings(v, f"{where}[{i}]")
+
+
+def document_id(obj: Any) -> str | None:
+    """The id to report for a document, even an invalid one (None when there is none)."""
+    if isinstance(obj, dict):
+        v = obj.get("id")
+        if isinstance(v, str | int) and not isinstance(v, bool):
+            return str(v)
+    return None
+
+
+def validate_document(obj: Any, settings: Settings) -> ValidDocument:
+    if not isinstance(obj, dict):
+        raise DocumentRejected(f"a document must be a JSON object, got {type(obj).__name__}")
+    unknown = sorted(set(obj) - _ALLOWED_FIELDS)
+    if unknown:
+        raise DocumentRejected(
+            f"unknown field(s) {', '.join(map(repr, unknown))}; allowed: id, title, text, metadata"
+        )
+
+    raw_id = obj.get("id")
+    if raw_id is None:
+        raise DocumentRejected("id is required")
+    if isinstance(raw_id, bool) or not isinstance(raw_id, str | int):
+        raise DocumentRejected(f"id must be a string, got {type(raw_id).__name__}")
+    external_id = str(raw_id)
+    if not external_id.strip():
+        raise DocumentRejected("id is empty")
+    if len(external_id) > settings.max_id_chars:
+        raise DocumentRejected(f"id is longer than {settings.max_id_chars} characters")
+    if _ID_CONTROL.search(external_id):
+        raise DocumentRejected("id contains control characters")
+    _check_text(external_id, "id")
+
+    text = obj.get("text")
+    if text is None:
+        raise DocumentRejected("text is required")
+    if not isinstance(text, str):
+        raise DocumentRejected(f"text must be a string, got {type(text).__name__}")
+    _check_text(text, "text")
+    size = len(text.encode("utf-8"))
+    if size > settings.max_document_bytes:
+        raise DocumentRejected(
+            f"text is {size} bytes, over the limit of {settings.max_document_bytes} bytes "
+            "(max_document_bytes)"
+        )
+    if not text.strip() or not normalize(text).strip():
+        raise DocumentRejected("text is empty or only whitespace/control characters")
+
+    title = obj.get("title", "")
+    if title is None:
+        title = ""
+    if not isinstance(title, str):
+        raise DocumentRejected(f"title must be a string, got {type(title).__name__}")
+    _check_text(title, "title")
+    if len(title) > _MAX_TITLE_CHARS:
+        raise DocumentRejected(f"title is longer than {_MAX_TITLE_CHARS} characters")
+
+    metadata = obj.get("metadata", {})
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict):
+        raise DocumentRejected(f"metadata must be a JSON object, got {type(metadata).__name__}")
+    _check_json_strings(metadata, "metadata")
+    metadata_json = json.dumps(metadata, ensure_ascii=False, separators=(",", ":"))
+    if len(metadata_json.encode("utf-8")) > _MAX_METADATA_BYTES:
+        raise DocumentRejected(f"metadata is larger than {_MAX_METADATA_BYTES} bytes")
+
+    return ValidDocument(external_id, title, text, metadata_json, content_hash(title, text))
