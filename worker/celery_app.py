@@ -1,0 +1,39 @@
+"""The Celery application of the workers: `celery -A worker.celery_app worker -Q prep,embed`."""
+
+from __future__ import annotations
+
+from celery.signals import setup_logging, worker_init, worker_process_init, worker_process_shutdown
+
+from shared.config import get_settings
+from shared.logging import setup_celery_logging
+from shared.taskqueue import make_celery_app
+
+app = make_celery_app(get_settings())
+# kensaku's structured logging instead of Celery's own set-up (task id and name on every line).
+setup_logging.connect(setup_celery_logging)
+
+
+@worker_init.connect
+def _preload(**_: object) -> None:
+    # Import the heavy libraries once in the parent, before the pool forks: children then start
+    # in about a second instead of each importing torch and transformers on two cores at once.
+    # Importing does not initialize CUDA, so forking afterwards stays safe.
+    import sentence_transformers  # noqa: F401
+
+
+@worker_process_init.connect
+def _warm_up(**_: object) -> None:
+    # Load the model and open the pool before the first task, not during it.
+    from worker.runtime import get_runtime
+
+    get_runtime()
+
+
+@worker_process_shutdown.connect
+def _close(**_: object) -> None:
+    from worker.runtime import close_runtime
+
+    close_runtime()
+
+
+import worker.tasks  # noqa: E402,F401  (registers the tasks on the app)

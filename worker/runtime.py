@@ -1,0 +1,89 @@
+"""Per-process resources of a worker: event loop, asyncpg pool, tokenizer and model.
+
+Created once per process after the fork (prefork children each get their own; CUDA is never
+touched in the parent), on the first task or eagerly from ``worker_process_init``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import asyncpg
+
+from shared.config import Settings, get_settings
+from shared.db.embeddings import ModelTable, ensure_model_table
+from shared.db.pool import create_pool
+from shared.embed.embedder import Embedder, load_embedder
+from shared.text.tokenize import get_tokenizer
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    loop: asyncio.AbstractEventLoop
+    pool: asyncpg.Pool
+    embedder: Embedder
+    table: ModelTable
+    pid: int
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self.loop.run_until_complete(coro)
+
+    def close(self) -> None:
+        try:
+            self.loop.run_until_complete(self.pool.close())
+        finally:
+            self.loop.close()
+
+
+_runtime: Runtime | None = None
+
+
+def get_runtime() -> Runtime:
+    global _runtime
+    if _runtime is None or _runtime.pid != os.getpid():
+        _runtime = _create(get_settings())
+    return _runtime
+
+
+def _create(settings: Settings) -> Runtime:
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    # A worker process handles one task at a time: a small pool is enough.
+    pool = loop.run_until_complete(create_pool(settings, min_size=1))
+    get_tokenizer()
+    embedder = load_embedder(settings)
+    table = loop.run_until_complete(
+        ensure_model_table(
+            pool,
+            model=embedder.name,
+            dimension=embedder.dimension,
+            backend=embedder.backend,
+            query_prompt=embedder.query_prompt,
+            document_prompt=embedder.document_prompt,
+        )
+    )
+    log.info(
+        "worker runtime ready: pid=%s model=%s dim=%s device=%s table=%s",
+        os.getpid(),
+        embedder.name,
+        embedder.dimension,
+        embedder.device,
+        table.table,
+    )
+    return Runtime(settings, loop, pool, embedder, table, os.getpid())
+
+
+def close_runtime() -> None:
+    global _runtime
+    if _runtime is not None and _runtime.pid == os.getpid():
+        _runtime.close()
+    _runtime = None
