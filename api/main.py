@@ -1,0 +1,115 @@
+"""The HTTP API: `uvicorn api.main:app`. Thin: validation, auth, error mapping; the work is in
+shared/ and the workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import redis.asyncio as aioredis
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from api.auth import require_api_key
+from api.routes import documents, health, jobs, search
+from api.state import AppState
+from shared.config import Settings, get_settings
+from shared.db.embeddings import ensure_model_table
+from shared.db.pool import create_pool
+from shared.embed.embedder import load_embedder
+from shared.errors import ConfigError, NotFoundError, RejectError
+from shared.ingest.sweep import sweep_forever
+from shared.logging import configure_logging
+from shared.taskqueue import make_celery_app
+from shared.text.tokenize import get_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool = await create_pool(settings)
+        redis = aioredis.from_url(settings.redis_url)
+        try:
+            get_tokenizer()
+            # The query model is loaded once here; search never loads it per request.
+            embedder = await asyncio.to_thread(load_embedder, settings)
+            table = await ensure_model_table(
+                pool,
+                model=embedder.name,
+                dimension=embedder.dimension,
+                backend=embedder.backend,
+                query_prompt=embedder.query_prompt,
+                document_prompt=embedder.document_prompt,
+            )
+            st = AppState(settings, pool, redis, make_celery_app(settings), embedder, table)
+            st.background.append(
+                asyncio.create_task(sweep_forever(pool, redis, st.celery, settings))
+            )
+            app.state.kensaku = st
+            log.info("api ready: model=%s table=%s", embedder.name, table.table)
+            yield
+            for task in st.background:
+                task.cancel()
+            await asyncio.gather(*st.background, return_exceptions=True)
+        finally:
+            await redis.aclose()
+            await pool.close()
+
+    app = FastAPI(
+        title="kensaku",
+        version="0.1.0",
+        summary="Ingestion and search for Japanese text on PostgreSQL + pgvector",
+        lifespan=lifespan,
+    )
+    secured = [Depends(require_api_key)]
+    app.include_router(health.router)
+    app.include_router(documents.router, dependencies=secured)
+    app.include_router(jobs.router, dependencies=secured)
+    app.include_router(search.router, dependencies=secured)
+
+    @app.exception_handler(RejectError)
+    async def _reject(_: Request, exc: RejectError) -> JSONResponse:
+        body = {"detail": exc.message}
+        if isinstance(exc.detail, dict):
+            body.update(exc.detail)
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse(body, status_code=exc.status, headers=headers)
+
+    @app.exception_handler(NotFoundError)
+    async def _not_found(_: Request, exc: NotFoundError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(ConfigError)
+    async def _config(_: Request, exc: ConfigError) -> JSONResponse:
+        log.error("configuration error: %s", exc)
+        return JSONResponse({"detail": f"server misconfigured: {exc}"}, status_code=500)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"field": ".".join(str(p) for p in e["loc"] if p != "body"), "error": e["msg"]}
+            for e in exc.errors()
+        ]
+        message = "; ".join(f"{e['field']}: {e['error']}" for e in errors)
+        return JSONResponse({"detail": message, "errors": errors}, status_code=422)
+
+    return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    # `uvicorn api.main:app` builds the app on first access, so importing this module (tests,
+    # the compose check) does not read settings or touch the network.
+    if name == "app":
+        app = create_app()
+        globals()["app"] = app
+        return app
+    raise AttributeError(name)

@@ -1,0 +1,114 @@
+"""Upload, read and delete documents."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
+
+from api.deps import state_of
+from api.upload import (
+    DocumentFilter,
+    iter_json_documents,
+    iter_ndjson_documents,
+    parse_json_body,
+    read_limited,
+)
+from shared.db.documents import delete_document, get_document
+from shared.errors import RejectError
+from shared.ingest.upload import store_upload
+from shared.ingest.validate import DocumentRejected, check_collection
+from shared.taskqueue import enqueue_prep
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1", tags=["documents"])
+
+_NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
+
+
+@router.post(
+    "/documents",
+    status_code=202,
+    summary="Upload documents (JSON object or NDJSON stream)",
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "application/json": {
+                    "example": {
+                        "collection": "default",
+                        "documents": [{"id": "doc-1", "title": "検索", "text": "全文検索の話。"}],
+                    }
+                },
+                "application/x-ndjson": {"schema": {"type": "string"}},
+            }
+        }
+    },
+)
+async def upload_documents(
+    request: Request,
+    collection: str | None = Query(None, description="Collection for NDJSON uploads"),
+) -> JSONResponse:
+    st = state_of(request)
+    settings = st.settings
+    filt = DocumentFilter(settings)
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type in _NDJSON_TYPES:
+        try:
+            name = check_collection(collection or "default")
+        except DocumentRejected as exc:
+            raise RejectError(str(exc)) from None
+        docs = iter_ndjson_documents(request, filt)
+    elif content_type in ("application/json", ""):
+        raw = await read_limited(request, settings.max_request_bytes)
+        name, items = parse_json_body(raw, settings)
+        if collection is not None and collection != name:
+            raise RejectError("collection given in both the query and the body, and they differ")
+        docs = iter_json_documents(items, filt)
+    else:
+        raise RejectError(
+            f"unsupported content type {content_type!r}: use application/json or "
+            "application/x-ndjson",
+            status=415,
+        )
+
+    stored = await store_upload(st.pool, name, docs, filt.rejected)
+    if stored is None:
+        if not filt.rejected:
+            raise RejectError("the upload contains no documents")
+        raise RejectError(
+            f"none of the {len(filt.rejected)} documents was accepted",
+            detail={"rejected": filt.rejected},
+        )
+    if stored.document_ids:
+        try:
+            await asyncio.to_thread(
+                enqueue_prep, st.celery, stored.document_ids, settings.prep_batch_size
+            )
+        except Exception:
+            # Stored durably already: the sweeper enqueues them once the broker is back.
+            log.exception("could not enqueue job %s; the sweeper will retry", stored.job_id)
+    log.info(
+        "upload job=%s collection=%s accepted=%d unchanged=%d rejected=%d",
+        stored.job_id, name, stored.accepted, stored.unchanged, len(filt.rejected),
+    )  # fmt: skip
+    body: dict[str, Any] = {
+        "job_id": str(stored.job_id),
+        "accepted": stored.accepted,
+        "unchanged": stored.unchanged,
+        "rejected": filt.rejected,
+    }
+    return JSONResponse(body, status_code=202)
+
+
+@router.get("/documents/{collection}/{doc_id}", summary="Read one document and its status")
+async def read_document(request: Request, collection: str, doc_id: str) -> dict[str, Any]:
+    return await get_document(state_of(request).pool, collection, doc_id)
+
+
+@router.delete("/documents/{collection}/{doc_id}", summary="Delete a document, its chunks and embeddings")
+async def remove_document(request: Request, collection: str, doc_id: str) -> dict[str, Any]:
+    await delete_document(state_of(request).pool, collection, doc_id)
+    return {"collection": collection, "id": doc_id, "deleted": True}

@@ -1,0 +1,55 @@
+"""POST /v1/search."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from api.deps import state_of
+from shared.search import FilterValue, Mode, SearchParams, search
+
+router = APIRouter(prefix="/v1", tags=["search"])
+
+MAX_QUERY_CHARS = 2000
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    query: str = Field(..., description="The question or keywords, in Japanese or otherwise")
+    collection: str = "default"
+    top_k: int = Field(10, ge=1, le=100)
+    mode: Mode = "hybrid"
+    filter: dict[str, FilterValue | list[FilterValue]] | None = Field(
+        None, description="Metadata equality per key; a list means any of its values"
+    )
+
+    @field_validator("query")
+    @classmethod
+    def _query_text(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("query is empty or only whitespace")
+        if len(v) > MAX_QUERY_CHARS:
+            raise ValueError(f"query is longer than {MAX_QUERY_CHARS} characters")
+        if "\x00" in v:
+            raise ValueError("query contains a NUL character")
+        return v
+
+    @field_validator("filter")
+    @classmethod
+    def _filter_lists(
+        cls, v: dict[str, FilterValue | list[FilterValue]] | None
+    ) -> dict[str, FilterValue | list[FilterValue]] | None:
+        for key, value in (v or {}).items():
+            if isinstance(value, list) and not value:
+                raise ValueError(f"filter value for {key!r} is an empty list")
+        return v
+
+
+@router.post("/search", summary="Vector, lexical or hybrid search over a collection")
+async def search_route(request: Request, body: SearchRequest) -> dict[str, Any]:
+    st = state_of(request)
+    params = SearchParams(body.query, body.collection, body.top_k, body.mode, body.filter)
+    return await search(st.pool, st.embedder, st.table, st.settings, params)

@@ -1,0 +1,98 @@
+"""The query path: normalize, tokenize and embed the query with the same pipeline and model as
+ingestion, then rank in PostgreSQL in one round trip (vector, lexical BM25, or fused hybrid).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import asyncpg
+
+from shared import metrics
+from shared.config import Settings
+from shared.db.documents import require_collection
+from shared.db.embeddings import ModelTable
+from shared.db.queries import Q
+from shared.embed.embedder import Embedder
+from shared.text.pipeline import query_lexemes
+
+Mode = Literal["hybrid", "vector", "lexical"]
+MODES: tuple[Mode, ...] = ("hybrid", "vector", "lexical")
+FilterValue = str | int | float | bool
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    query: str
+    collection: str = "default"
+    top_k: int = 10
+    mode: Mode = "hybrid"
+    filter: dict[str, FilterValue | list[FilterValue]] | None = None
+
+
+def filter_groups(flt: dict[str, FilterValue | list[FilterValue]] | None) -> str:
+    """The metadata filter as jsonb for the SQL: every key must match, a list means any-of."""
+    groups = []
+    for key, value in (flt or {}).items():
+        values = value if isinstance(value, list) else [value]
+        groups.append([{key: v} for v in values])
+    return json.dumps(groups, ensure_ascii=False)
+
+
+async def search(
+    pool: asyncpg.Pool,
+    embedder: Embedder,
+    table: ModelTable,
+    settings: Settings,
+    params: SearchParams,
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    collection_id = await require_collection(pool, params.collection)
+    flt = filter_groups(params.filter)
+    # Enough chunk candidates that top_k distinct documents survive the best-chunk grouping.
+    candidates = max(settings.search_candidates, params.top_k * 4)
+    lexemes = sorted(set(query_lexemes(params.query)))
+    common = (collection_id, flt, params.top_k, candidates)
+
+    if params.mode == "lexical":
+        rows = (
+            await pool.fetch(Q.search_lexical, *common, lexemes, settings.bm25_k1, settings.bm25_b)
+            if lexemes
+            else []
+        )
+    else:
+        # Off the event loop: the endpoint keeps serving other requests meanwhile.
+        vector = await asyncio.to_thread(embedder.encode_query, params.query)
+        if params.mode == "vector":
+            rows = await pool.fetch(table.sql(Q.search_vector), *common, vector)
+        else:
+            rows = await pool.fetch(
+                table.sql(Q.search_hybrid),
+                *common,
+                vector,
+                lexemes,
+                settings.bm25_k1,
+                settings.hybrid_lexical_weight,
+                settings.bm25_b,
+            )
+    took = time.perf_counter() - started
+    metrics.observe_search(params.mode, took)
+    return {
+        "hits": [
+            {
+                "id": r["external_id"],
+                "title": r["title"],
+                "text": r["text"],
+                "chunk": r["ordinal"],
+                "score": float(r["score"]),
+                "metadata": json.loads(r["metadata"]),
+            }
+            for r in rows
+        ],
+        "took_ms": round(took * 1000, 3),
+        "mode": params.mode,
+    }
