@@ -1,0 +1,294 @@
+"""The `kensaku` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from shared.config import get_settings
+
+
+def _api_url(args: argparse.Namespace) -> str:
+    if args.api:
+        return str(args.api).rstrip("/")
+    s = get_settings()
+    host = "127.0.0.1" if s.host in ("0.0.0.0", "::") else s.host
+    return f"http://{host}:{s.port}"
+
+
+def _headers() -> dict[str, str]:
+    key = os.environ.get("KENSAKU_API_KEY") or next(iter(get_settings().api_key_list), "")
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def _fail(message: str) -> int:
+    print(f"kensaku: {message}", file=sys.stderr)
+    return 1
+
+
+# --- migrate / model ----------------------------------------------------------------------
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from shared.db.migrate import migrate
+
+    applied = asyncio.run(migrate(get_settings().database_url))
+    print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none pending'}")
+    return 0
+
+
+def cmd_model_build(args: argparse.Namespace) -> int:
+    from shared.embed.build_default import main_build
+
+    path = main_build(get_settings())
+    print(f"model ready at {path}")
+    return 0
+
+
+# --- serve --------------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = get_settings()
+    settings.check_bind_allowed()
+    uvicorn.run(
+        "api.main:app",
+        host=settings.host,
+        port=settings.port,
+        workers=args.workers,
+        access_log=False,
+        proxy_headers=True,
+    )
+    return 0
+
+
+# --- up -------------------------------------------------------------------------------------
+def cmd_up(args: argparse.Namespace) -> int:
+    from shared.embed.build_default import main_build
+    from shared.stack.stack import Stack, settings_env
+
+    settings = get_settings()
+    main_build(settings)
+    stack = Stack(
+        data_dir=Path(args.data_dir).resolve(),
+        api_port=args.port,
+        flower_port=args.flower_port,
+        worker_concurrency=args.concurrency,
+        extra_env=settings_env(settings),
+    )
+    stopping = False
+
+    def _stop(signum: int, _: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        print("starting PostgreSQL, Redis, migrations, API, worker and Flower ...", flush=True)
+        stack.start()
+        print(f"api:     {stack.api_url}  (docs: {stack.api_url}/docs)")
+        print(f"flower:  {stack.flower_url}  (user {stack.flower_user}, "
+              f"password {stack.flower_password})")  # fmt: skip
+        print(f"metrics: {stack.api_url}/metrics")
+        print(f"data:    {stack.data_dir}  (logs in {stack.data_dir / 'logs'})", flush=True)
+        if args.ingest:
+            job = _ingest_file(stack.api_url, Path(args.ingest), args.collection, {})
+            print(f"ingesting {args.ingest}: job {job['job_id']}", flush=True)
+            _wait_job(stack.api_url, job["job_id"], {}, progress=True)
+        print("ready; Ctrl-C stops everything", flush=True)
+        while not stopping:
+            for proc in stack.procs.values():
+                if not proc.alive():
+                    print(f"{proc.name} exited unexpectedly:\n{proc.tail()}", file=sys.stderr)
+                    return 1
+            time.sleep(0.5)
+        return 0
+    finally:
+        print("stopping ...", flush=True)
+        stack.stop()
+        print("stopped", flush=True)
+
+
+# --- ingest / status ------------------------------------------------------------------------
+def _ndjson_lines(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as f:
+        for line in f:
+            if line.strip():
+                yield line if line.endswith(b"\n") else line + b"\n"
+
+
+def _ingest_file(api: str, path: Path, collection: str, headers: dict[str, str]) -> dict[str, Any]:
+    if not path.exists():
+        raise SystemExit(f"kensaku: no such file: {path}")
+    # One streamed NDJSON request: the file is never held in memory whole.
+    resp = httpx.post(
+        f"{api}/v1/documents",
+        params={"collection": collection},
+        content=_ndjson_lines(path),
+        headers={**headers, "Content-Type": "application/x-ndjson"},
+        timeout=600,
+    )
+    if resp.status_code != 202:
+        raise SystemExit(f"kensaku: upload failed ({resp.status_code}): {resp.text}")
+    body: dict[str, Any] = resp.json()
+    for r in body["rejected"][:20]:
+        print(f"rejected line {r['index'] + 1} (id {r['id']}): {r['error']}", file=sys.stderr)
+    return body
+
+
+def _wait_job(
+    api: str, job_id: str, headers: dict[str, str], *, progress: bool, timeout: float = 86400
+) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    bar = None
+    deadline = time.monotonic() + timeout
+    status: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        status = httpx.get(f"{api}/v1/jobs/{job_id}", headers=headers, timeout=30).json()
+        if progress:
+            if bar is None:
+                bar = tqdm(total=status["total"], unit="doc", desc="indexed")
+            bar.n = status["indexed"] + status["failed"]
+            bar.set_postfix(prepped=status["prepped"], failed=status["failed"])
+            bar.refresh()
+        if status["status"] in ("done", "partial", "failed"):
+            break
+        time.sleep(0.5)
+    if bar is not None:
+        bar.close()
+    return status
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    api, headers = _api_url(args), _headers()
+    body = _ingest_file(api, Path(args.file), args.collection, headers)
+    print(f"job {body['job_id']}: accepted {body['accepted']}, unchanged {body['unchanged']}, "
+          f"rejected {len(body['rejected'])}")  # fmt: skip
+    if args.wait:
+        status = _wait_job(api, body["job_id"], headers, progress=True)
+        print(json.dumps(status, ensure_ascii=False, indent=2))
+        return 0 if status["status"] == "done" else 1
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    resp = httpx.get(f"{_api_url(args)}/v1/jobs/{args.job_id}", headers=_headers(), timeout=30)
+    print(json.dumps(resp.json(), ensure_ascii=False, indent=2))
+    return 0 if resp.status_code == 200 else 1
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    payload = {"query": args.query, "collection": args.collection, "top_k": args.top_k,
+               "mode": args.mode}  # fmt: skip
+    resp = httpx.post(f"{_api_url(args)}/v1/search", json=payload, headers=_headers(), timeout=60)
+    if resp.status_code != 200:
+        return _fail(f"search failed ({resp.status_code}): {resp.text}")
+    body = resp.json()
+    for rank, hit in enumerate(body["hits"], 1):
+        snippet = hit["text"].replace("\n", " ")[:80]
+        print(f"{rank:>2}. {hit['score']:.4f}  {hit['id']}  {hit['title']}  — {snippet}")
+    print(f"({len(body['hits'])} hits, {body['mode']}, {body['took_ms']:.1f} ms)")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from shared.evaluate import run_eval
+
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    run_eval(_api_url(args), _headers(), Path(args.corpus), Path(args.queries), modes,
+             collection=args.collection)  # fmt: skip
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "ingest":
+        from bench.ingest import main as bench_ingest
+
+        return bench_ingest(docs=args.docs)
+    if args.what == "embed":
+        from bench.embed import main as bench_embed
+
+        return bench_embed()
+    from bench.search import main as bench_search
+
+    return bench_search(sizes=[int(s) for s in args.sizes.split(",")])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kensaku", description="Japanese ingestion and search")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
+
+    model = sub.add_parser("model", help="embedding model tools")
+    msub = model.add_subparsers(dest="model_command", required=True)
+    msub.add_parser("build", help="build the offline Japanese default model").set_defaults(
+        func=cmd_model_build
+    )
+
+    sv = sub.add_parser("serve", help="run the API (host/port from KENSAKU_HOST/KENSAKU_PORT)")
+    sv.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    sv.set_defaults(func=cmd_serve)
+
+    up = sub.add_parser("up", help="run the whole stack embedded, in the foreground")
+    up.add_argument("--data-dir", default=".data", help="keeps data between runs")
+    up.add_argument("--port", type=int, default=8000)
+    up.add_argument("--flower-port", type=int, default=5555)
+    up.add_argument("--concurrency", type=int, default=2, help="worker processes")
+    up.add_argument("--ingest", help="JSONL file to ingest once the stack is up")
+    up.add_argument("--collection", default="default")
+    up.set_defaults(func=cmd_up)
+
+    def with_api(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("--api", help="API base URL (default from KENSAKU_HOST/KENSAKU_PORT)")
+        return sp
+
+    ing = with_api(sub.add_parser("ingest", help="upload a JSONL file of documents"))
+    ing.add_argument("file")
+    ing.add_argument("--collection", default="default")
+    ing.add_argument("--wait", action="store_true", help="wait with a progress bar")
+    ing.set_defaults(func=cmd_ingest)
+
+    st = with_api(sub.add_parser("status", help="show a job's progress"))
+    st.add_argument("job_id")
+    st.set_defaults(func=cmd_status)
+
+    se = with_api(sub.add_parser("search", help="search a collection"))
+    se.add_argument("query")
+    se.add_argument("--mode", choices=["hybrid", "vector", "lexical"], default="hybrid")
+    se.add_argument("--top-k", type=int, default=10)
+    se.add_argument("--collection", default="default")
+    se.set_defaults(func=cmd_search)
+
+    ev = with_api(sub.add_parser("eval", help="retrieval quality on a BEIR-like set"))
+    ev.add_argument("--corpus", required=True)
+    ev.add_argument("--queries", required=True)
+    ev.add_argument("--modes", default="vector,lexical,hybrid")
+    ev.add_argument("--collection", help="collection to ingest into (default: a fresh one)")
+    ev.set_defaults(func=cmd_eval)
+
+    be = sub.add_parser("bench", help="benchmarks (print figures measured side by side)")
+    be.add_argument("what", choices=["ingest", "embed", "search"])
+    be.add_argument("--docs", type=int, default=2000, help="bench ingest: documents")
+    be.add_argument("--sizes", default="10000,100000", help="bench search: chunk counts")
+    be.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
