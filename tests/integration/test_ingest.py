@@ -1,0 +1,221 @@
+"""Upload → workers → Postgres on the real stack: counts, idempotency, re-indexing, deletion."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.helpers import active_table, db_fetch, wait_job
+
+pytestmark = pytest.mark.integration
+
+LONG_PARAGRAPH = (
+    "東京は日本の首都であり、政治と経済の中心地として多くの人々が暮らしている。"
+    "江戸時代には徳川幕府が置かれ、明治維新の後に東京と改められた。"
+)
+
+
+def make_docs(n: int, prefix: str = "d") -> list[dict[str, Any]]:
+    topics = ["寿司の歴史", "富士山の登山", "新幹線の技術", "茶道の作法", "桜の開花"]
+    return [
+        {
+            "id": f"{prefix}{i}",
+            "title": topics[i % len(topics)],
+            "text": f"{topics[i % len(topics)]}について説明する文書{i}番。" + LONG_PARAGRAPH * (1 + i % 3),
+            "metadata": {"n": i, "topic": topics[i % len(topics)]},
+        }
+        for i in range(n)
+    ]
+
+
+def counts(stack: Any, collection: str) -> dict[str, int]:
+    table = active_table(stack)
+    row = db_fetch(
+        stack,
+        f"""
+        SELECT (SELECT count(*) FROM documents d JOIN collections c ON c.id = d.collection_id
+                WHERE c.name = $1) AS documents,
+               (SELECT count(*) FROM documents d JOIN collections c ON c.id = d.collection_id
+                WHERE c.name = $1 AND d.status = 'indexed') AS indexed,
+               (SELECT count(*) FROM chunks k JOIN collections c ON c.id = k.collection_id
+                WHERE c.name = $1) AS chunks,
+               (SELECT count(*) FROM {table} e JOIN chunks k ON k.id = e.chunk_id
+                JOIN collections c ON c.id = k.collection_id WHERE c.name = $1) AS embeddings
+        """,
+        collection,
+    )[0]
+    return dict(row)
+
+
+def upload(api: httpx.Client, collection: str, docs: list[dict[str, Any]]) -> dict[str, Any]:
+    resp = api.post("/v1/documents", json={"collection": collection, "documents": docs})
+    assert resp.status_code == 202, resp.text
+    body: dict[str, Any] = resp.json()
+    return body
+
+
+def test_upload_reaches_every_table(stack: Any, api: httpx.Client, collection: str) -> None:
+    docs = make_docs(12)
+    docs.append({"id": "big", "text": "長い文書の段落です。" * 12_000})  # ~360 KB, over Sudachi's limit
+    body = upload(api, collection, docs)
+    assert body["accepted"] == 13 and body["unchanged"] == 0 and body["rejected"] == []
+    status = wait_job(api, body["job_id"])
+    assert status["status"] == "done", status
+    assert status["total"] == status["indexed"] == status["prepped"] == 13
+    assert status["finished_at"] is not None
+
+    c = counts(stack, collection)
+    assert c["documents"] == c["indexed"] == 13
+    assert c["chunks"] >= 13 + 10  # the big document alone needs many chunks
+    assert c["embeddings"] == c["chunks"]
+    # Every chunk is a real slice of its document's normalized text, in order, nothing lost.
+    rows = db_fetch(
+        stack,
+        """SELECT k.ordinal, k.char_start, k.char_end FROM chunks k
+           JOIN documents d ON d.id = k.document_id JOIN collections c ON c.id = d.collection_id
+           WHERE c.name = $1 AND d.external_id = 'big' ORDER BY k.ordinal""",
+        collection,
+    )
+    assert [r["ordinal"] for r in rows] == list(range(len(rows)))
+    assert all(a["char_end"] <= b["char_start"] + 1 for a, b in zip(rows, rows[1:], strict=False))
+
+    doc = api.get(f"/v1/documents/{collection}/d3").json()
+    assert doc["status"] == "indexed" and doc["metadata"] == {"n": 3, "topic": "茶道の作法"}
+    assert doc["chunks"] >= 1
+
+
+def test_reupload_is_idempotent_and_changes_reindex(
+    stack: Any, api: httpx.Client, collection: str
+) -> None:
+    docs = make_docs(6)
+    wait_job(api, upload(api, collection, docs)["job_id"])
+    before = counts(stack, collection)
+    chunk_ids = db_fetch(stack, "SELECT array_agg(id ORDER BY id) AS ids FROM chunks")[0]["ids"]
+
+    again = upload(api, collection, docs)
+    assert again["accepted"] == 0 and again["unchanged"] == 6
+    assert wait_job(api, again["job_id"])["status"] == "done"
+    assert counts(stack, collection) == before
+    # Nothing was rewritten: the very same chunk rows exist.
+    assert db_fetch(stack, "SELECT array_agg(id ORDER BY id) AS ids FROM chunks")[0]["ids"] == (
+        chunk_ids
+    )
+
+    changed = [dict(docs[0], text="内容を書き換えた。味噌汁の作り方を説明する。")]
+    body = upload(api, collection, changed)
+    assert body["accepted"] == 1 and body["unchanged"] == 0
+    assert wait_job(api, body["job_id"])["status"] == "done"
+    after = counts(stack, collection)
+    assert after["documents"] == after["indexed"] == 6
+    assert after["embeddings"] == after["chunks"]
+    text = db_fetch(
+        stack,
+        """SELECT string_agg(k.text, '' ORDER BY k.ordinal) AS t FROM chunks k
+           JOIN documents d ON d.id = k.document_id JOIN collections c ON c.id = d.collection_id
+           WHERE c.name = $1 AND d.external_id = 'd0'""",
+        collection,
+    )[0]["t"]
+    assert "味噌汁" in text and "寿司" not in text
+
+
+def test_retried_task_changes_nothing(stack: Any, api: httpx.Client, collection: str) -> None:
+    """Run both stages again on the same documents, directly, as a redelivered task would."""
+    import asyncio
+
+    from shared.config import Settings
+    from shared.db.embeddings import ensure_model_table
+    from shared.db.pool import create_pool
+    from shared.embed.embedder import load_embedder
+    from shared.ingest.embed import embed_documents
+    from shared.ingest.prep import prep_documents
+
+    wait_job(api, upload(api, collection, make_docs(5))["job_id"])
+    before = counts(stack, collection)
+    settings = Settings(database_url=stack.database_url, redis_url=stack.redis_url)
+    embedder = load_embedder(settings)
+
+    async def rerun() -> tuple[int, int, int]:
+        pool = await create_pool(settings)
+        try:
+            table = await ensure_model_table(
+                pool, model=embedder.name, dimension=embedder.dimension,
+                backend=embedder.backend, query_prompt=embedder.query_prompt,
+                document_prompt=embedder.document_prompt,
+            )  # fmt: skip
+            ids = [r["id"] for r in await pool.fetch(
+                "SELECT d.id FROM documents d JOIN collections c ON c.id = d.collection_id "
+                "WHERE c.name = $1", collection)]  # fmt: skip
+
+            async def stages() -> int:
+                p = await prep_documents(pool, ids, count_tokens=embedder.count_tokens,
+                                         max_tokens=settings.chunk_tokens, overlap_tokens=0)
+                e = await embed_documents(pool, embedder, table, ids)
+                return len(p.prepped) + len(e.indexed)
+
+            # Redelivered after success: the documents are indexed, nothing is redone.
+            done_again = await stages()
+            # Redelivered after a crash that left them queued: redone, replacing, not adding.
+            await pool.execute("UPDATE documents SET status = 'queued' WHERE id = ANY($1)", ids)
+            redone = await stages()
+            return done_again, redone, len(ids)
+        finally:
+            await pool.close()
+
+    done_again, redone, n = asyncio.run(rerun())
+    assert done_again == 0
+    assert redone == 2 * n
+    assert counts(stack, collection) == before
+    stats = db_fetch(
+        stack,
+        """SELECT cs.chunk_count, (SELECT count(*) FROM chunks k WHERE k.collection_id = c.id) AS n
+           FROM collection_stats cs JOIN collections c ON c.id = cs.collection_id
+           WHERE c.name = $1""",
+        collection,
+    )[0]
+    assert stats["chunk_count"] == stats["n"]
+
+
+def test_delete_removes_chunks_and_embeddings(
+    stack: Any, api: httpx.Client, collection: str
+) -> None:
+    wait_job(api, upload(api, collection, make_docs(3))["job_id"])
+    before = counts(stack, collection)
+    resp = api.delete(f"/v1/documents/{collection}/d1")
+    assert resp.status_code == 200 and resp.json()["deleted"] is True
+    after = counts(stack, collection)
+    assert after["documents"] == 2
+    assert after["chunks"] < before["chunks"] and after["embeddings"] == after["chunks"]
+    assert api.get(f"/v1/documents/{collection}/d1").status_code == 404
+    assert api.delete(f"/v1/documents/{collection}/d1").status_code == 404
+    # BM25 statistics follow the chunks.
+    stats = db_fetch(
+        stack,
+        """SELECT cs.chunk_count FROM collection_stats cs JOIN collections c
+           ON c.id = cs.collection_id WHERE c.name = $1""",
+        collection,
+    )[0]
+    assert stats["chunk_count"] == after["chunks"]
+
+
+def test_ndjson_upload(stack: Any, api: httpx.Client, collection: str) -> None:
+    import json
+
+    lines = [json.dumps(d, ensure_ascii=False) for d in make_docs(4)]
+    lines.insert(2, "{not json")
+    lines.insert(3, "")  # blank lines are skipped
+    body = "\n".join(lines).encode("utf-8")
+    resp = api.post(
+        "/v1/documents",
+        params={"collection": collection},
+        content=body,
+        headers={"Content-Type": "application/x-ndjson"},
+    )
+    assert resp.status_code == 202, resp.text
+    out = resp.json()
+    assert out["accepted"] == 4
+    assert [r["index"] for r in out["rejected"]] == [2]
+    assert "malformed JSON" in out["rejected"][0]["error"]
+    assert wait_job(api, out["job_id"])["status"] == "done"
+    assert counts(stack, collection)["indexed"] == 4

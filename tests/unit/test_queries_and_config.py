@@ -1,0 +1,75 @@
+"""Pure pieces: the SQL loader, settings validation, filters, table names, migrations discovery."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from shared.config import Settings
+from shared.db.embeddings import TABLE_NAME, ModelTable, table_name_for
+from shared.db.migrate import discover
+from shared.db.queries import Q, parse_queries
+from shared.errors import ConfigError
+from shared.search import filter_groups
+
+
+def test_parse_queries_splits_named_blocks() -> None:
+    text = "-- name: one\nSELECT 1;\n\n-- name: two\n-- a comment\nSELECT 2;\n"
+    assert parse_queries(text) == {"one": "SELECT 1;", "two": "-- a comment\nSELECT 2;"}
+    with pytest.raises(ValueError, match="duplicate"):
+        parse_queries("-- name: a\nSELECT 1;\n-- name: a\nSELECT 2;")
+
+
+def test_every_named_query_is_loaded() -> None:
+    for name in ("upsert_documents", "search_hybrid", "claim_pending", "delete_chunks_with_stats"):
+        assert name in Q.names()
+    with pytest.raises(AttributeError, match="no SQL query"):
+        _ = Q.not_a_query
+
+
+def test_table_names_are_safe_identifiers() -> None:
+    for model in ["kensaku/chive-sudachi-300", "intfloat/multilingual-e5-large", "'; DROP --"]:
+        name = table_name_for(model)
+        assert TABLE_NAME.match(name), name
+    assert table_name_for("a/b") != table_name_for("a_b")  # the digest keeps them apart
+    with pytest.raises(ConfigError):
+        ModelTable("x", "emb_x; DROP TABLE chunks", 3).sql("SELECT * FROM {table}")
+    assert ModelTable("m", "emb_m", 3000).vector_type == "halfvec(3000)"
+    assert ModelTable("m", "emb_m", 300).vector_type == "vector(300)"
+
+
+def test_bind_rule() -> None:
+    Settings(host="127.0.0.1").check_bind_allowed()
+    Settings(host="::1").check_bind_allowed()
+    Settings(host="0.0.0.0", api_keys="k1").check_bind_allowed()
+    with pytest.raises(SystemExit, match="refusing to bind"):
+        Settings(host="0.0.0.0").check_bind_allowed()
+    assert Settings(api_keys=" a, ,b ").api_key_list == ["a", "b"]
+
+
+def test_settings_are_validated() -> None:
+    with pytest.raises(ValidationError, match="postgresql"):
+        Settings(database_url="mysql://x")
+    with pytest.raises(ValidationError, match="chunk_overlap_tokens"):
+        Settings(chunk_tokens=64, chunk_overlap_tokens=64)
+    with pytest.raises(ValidationError):
+        Settings(max_document_bytes=1000)  # a 1 MB document must always fit
+
+
+def test_filter_groups() -> None:
+    assert filter_groups(None) == "[]"
+    assert filter_groups({"a": 1, "b": ["x", "y"]}) == '[[{"a": 1}], [{"b": "x"}, {"b": "y"}]]'
+
+
+def test_migration_discovery(tmp_path: Path) -> None:
+    assert [m.name for m in discover()][0] == "0001_init.sql"
+    (tmp_path / "0001_a.sql").write_text("SELECT 1;")
+    (tmp_path / "0001_b.sql").write_text("SELECT 1;")
+    with pytest.raises(ConfigError, match="share a number"):
+        discover(tmp_path)
+    (tmp_path / "0001_b.sql").unlink()
+    (tmp_path / "notes.sql").write_text("")
+    with pytest.raises(ConfigError, match="NNNN_name.sql"):
+        discover(tmp_path)
