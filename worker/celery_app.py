@@ -20,6 +20,12 @@ def _preload(**_: object) -> None:
     # Importing does not initialize CUDA, so forking afterwards stays safe.
     import sentence_transformers  # noqa: F401
 
+    port = get_settings().metrics_port
+    if port:
+        from shared.metrics import start_worker_metrics_server
+
+        start_worker_metrics_server(port)
+
 
 @worker_process_init.connect
 def _warm_up(**_: object) -> None:

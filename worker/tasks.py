@@ -18,6 +18,7 @@ from worker.runtime import get_runtime
 
 log = logging.getLogger(__name__)
 
+
 def _retry_or_fail(task: Task, doc_ids: list[int], stage: str, exc: BaseException) -> Any:
     # Per-document errors are handled inside the stage; what reaches here failed the whole
     # batch (database or broker briefly gone, model out of memory): retry with backoff, and
@@ -26,8 +27,9 @@ def _retry_or_fail(task: Task, doc_ids: list[int], stage: str, exc: BaseExceptio
     if retries + 1 < get_runtime().settings.max_attempts:
         # Exponential backoff with a cap: 2, 4, 8, ... 60 s.
         raise task.retry(exc=exc, countdown=min(60, 2 ** (retries + 1)))
-    log.error("%s gave up on %d documents after %d attempts: %s", stage, len(doc_ids),
-              retries + 1, exc)
+    log.error(
+        "%s gave up on %d documents after %d attempts: %s", stage, len(doc_ids), retries + 1, exc
+    )
     rt = get_runtime()
     rt.run(fail_documents(rt.pool, doc_ids, stage, f"{type(exc).__name__}: {exc}"))
     return None
@@ -42,7 +44,7 @@ def prep(self: Task, doc_ids: list[int]) -> dict[str, int]:
                 rt.pool,
                 doc_ids,
                 count_tokens=rt.embedder.count_tokens,
-                max_tokens=rt.settings.chunk_tokens,
+                max_tokens=rt.embedder.chunk_tokens(rt.settings.chunk_tokens),
                 overlap_tokens=rt.settings.chunk_overlap_tokens,
             )
         )

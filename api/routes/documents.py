@@ -17,6 +17,7 @@ from api.upload import (
     parse_json_body,
     read_limited,
 )
+from shared import metrics
 from shared.db.documents import delete_document, get_document
 from shared.errors import RejectError
 from shared.ingest.upload import store_upload
@@ -82,6 +83,7 @@ async def upload_documents(
             f"none of the {len(filt.rejected)} documents was accepted",
             detail={"rejected": filt.rejected},
         )
+    metrics.DOCUMENTS_INGESTED.labels("api").inc(stored.accepted)
     if stored.document_ids:
         try:
             await asyncio.to_thread(
@@ -108,7 +110,9 @@ async def read_document(request: Request, collection: str, doc_id: str) -> dict[
     return await get_document(state_of(request).pool, collection, doc_id)
 
 
-@router.delete("/documents/{collection}/{doc_id}", summary="Delete a document, its chunks and embeddings")
+@router.delete(
+    "/documents/{collection}/{doc_id}", summary="Delete a document, its chunks and embeddings"
+)
 async def remove_document(request: Request, collection: str, doc_id: str) -> dict[str, Any]:
     await delete_document(state_of(request).pool, collection, doc_id)
     return {"collection": collection, "id": doc_id, "deleted": True}

@@ -100,7 +100,7 @@ async def job_status(pool: asyncpg.Pool, job_id: str) -> dict[str, Any]:
                 "at": e["at"].isoformat(),
             }
             for e in errors
-        ],  # fmt: skip
+        ],
         "created_at": row["created_at"].isoformat(),
         "finished_at": finished_at.isoformat() if finished_at else None,
     }

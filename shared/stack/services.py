@@ -7,6 +7,7 @@ redis-server when that is on PATH, bound to 127.0.0.1.
 
 from __future__ import annotations
 
+import atexit
 import shutil
 import socket
 import subprocess
@@ -32,6 +33,8 @@ class LocalPostgres:
 
     def stop(self) -> None:
         self._server.cleanup()
+        # pgserver also registers this at exit; once stopped, that call would only log noise.
+        atexit.unregister(self._server._cleanup)
 
 
 def start_postgres(data_dir: Path, database: str = "kensaku") -> LocalPostgres:

@@ -23,6 +23,7 @@ import httpx
 from shared.config import Settings
 from shared.db.migrate import migrate
 from shared.errors import ConfigError
+from shared.metrics import reset_multiproc_dir
 from shared.queues import ALL_QUEUES
 from shared.stack.services import LocalPostgres, LocalRedis, free_port, start_postgres, start_redis
 
@@ -93,6 +94,8 @@ class Stack:
             self.redis = start_redis(self.data_dir / "redis", persist=self.persist_redis)
             self.redis_url = self.redis.url
         asyncio.run(migrate(self.database_url))
+        # Files of a previous run's processes would be added into this run's values.
+        reset_multiproc_dir(self.data_dir / "metrics")
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -103,16 +106,14 @@ class Stack:
             KENSAKU_PORT=str(self.api_port),
             PYTHONUNBUFFERED="1",
         )
-        metrics_dir = self.data_dir / "metrics"
-        metrics_dir.mkdir(exist_ok=True)
         # API and worker share one directory, so the API's /metrics shows the worker's too.
-        env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(self.data_dir / "metrics")
         env.update(self.extra_env)
         return env
 
     def _spawn(self, name: str, args: list[str]) -> Proc:
         log_path = self.data_dir / "logs" / f"{name}.log"
-        log = open(log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
+        log = open(log_path, "ab")  # the child writes to it; our handle closes after the spawn
         popen = subprocess.Popen(
             args,
             env=self.env(),

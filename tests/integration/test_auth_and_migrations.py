@@ -98,7 +98,7 @@ def test_migration_runner_refuses_changed_file(stack: Any, tmp_path: Path) -> No
         assert await migrate(url, tmp_path) == ["0002_second.sql"]
         assert await migrate(url, tmp_path) == []
         (tmp_path / "0001_first.sql").write_text("CREATE TABLE t1 (id bigint);")
-        with pytest.raises(ConfigError, match="0001_first.sql was changed"):
+        with pytest.raises(ConfigError, match=r"0001_first\.sql was changed"):
             await migrate(url, tmp_path)
         # A failing migration applies nothing of itself.
         (tmp_path / "0001_first.sql").write_text("CREATE TABLE t1 (id int);")

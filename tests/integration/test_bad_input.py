@@ -105,9 +105,7 @@ def test_duplicate_ids_in_one_request(api: httpx.Client, collection: str) -> Non
     assert api.get(f"/v1/documents/{collection}/good").json()["text"] == GOOD["text"]
 
 
-def test_huge_document_accepted_and_over_limit_rejected(
-    api: httpx.Client, collection: str
-) -> None:
+def test_huge_document_accepted_and_over_limit_rejected(api: httpx.Client, collection: str) -> None:
     big = "大きな文書の一文です。" * 40_000  # 1.3 MB, far over Sudachi's 49,149-byte limit
     assert len(big.encode()) > 1_000_000
     out = post_json(
@@ -116,7 +114,8 @@ def test_huge_document_accepted_and_over_limit_rejected(
     assert out["accepted"] == 1
     assert wait_job(api, out["job_id"], timeout=300)["status"] == "done"
     over = "あ" * (2 * 1024 * 1024)  # 6 MB, over max_document_bytes (4 MiB)
-    resp = post_json(api, {"collection": collection, "documents": [GOOD, {"id": "x", "text": over}]})
+    docs = [GOOD, {"id": "x", "text": over}]
+    resp = post_json(api, {"collection": collection, "documents": docs})
     assert resp.status_code == 202
     assert "max_document_bytes" in resp.json()["rejected"][0]["error"]
 

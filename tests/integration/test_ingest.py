@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import httpx
@@ -23,7 +24,8 @@ def make_docs(n: int, prefix: str = "d") -> list[dict[str, Any]]:
         {
             "id": f"{prefix}{i}",
             "title": topics[i % len(topics)],
-            "text": f"{topics[i % len(topics)]}について説明する文書{i}番。" + LONG_PARAGRAPH * (1 + i % 3),
+            "text": f"{topics[i % len(topics)]}について説明する文書{i}番。"
+            + LONG_PARAGRAPH * (1 + i % 3),
             "metadata": {"n": i, "topic": topics[i % len(topics)]},
         }
         for i in range(n)
@@ -58,7 +60,8 @@ def upload(api: httpx.Client, collection: str, docs: list[dict[str, Any]]) -> di
 
 def test_upload_reaches_every_table(stack: Any, api: httpx.Client, collection: str) -> None:
     docs = make_docs(12)
-    docs.append({"id": "big", "text": "長い文書の段落です。" * 12_000})  # ~360 KB, over Sudachi's limit
+    # ~360 KB: far over Sudachi's 49,149-byte input limit.
+    docs.append({"id": "big", "text": "長い文書の段落です。" * 12_000})
     body = upload(api, collection, docs)
     assert body["accepted"] == 13 and body["unchanged"] == 0 and body["rejected"] == []
     status = wait_job(api, body["job_id"])
@@ -79,7 +82,7 @@ def test_upload_reaches_every_table(stack: Any, api: httpx.Client, collection: s
         collection,
     )
     assert [r["ordinal"] for r in rows] == list(range(len(rows)))
-    assert all(a["char_end"] <= b["char_start"] + 1 for a, b in zip(rows, rows[1:], strict=False))
+    assert all(a["char_end"] <= b["char_start"] + 1 for a, b in itertools.pairwise(rows))
 
     doc = api.get(f"/v1/documents/{collection}/d3").json()
     assert doc["status"] == "indexed" and doc["metadata"] == {"n": 3, "topic": "茶道の作法"}
@@ -149,8 +152,13 @@ def test_retried_task_changes_nothing(stack: Any, api: httpx.Client, collection:
                 "WHERE c.name = $1", collection)]  # fmt: skip
 
             async def stages() -> int:
-                p = await prep_documents(pool, ids, count_tokens=embedder.count_tokens,
-                                         max_tokens=settings.chunk_tokens, overlap_tokens=0)
+                p = await prep_documents(
+                    pool,
+                    ids,
+                    count_tokens=embedder.count_tokens,
+                    max_tokens=embedder.chunk_tokens(settings.chunk_tokens),
+                    overlap_tokens=0,
+                )
                 e = await embed_documents(pool, embedder, table, ids)
                 return len(p.prepped) + len(e.indexed)
 

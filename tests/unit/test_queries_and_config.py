@@ -64,12 +64,12 @@ def test_filter_groups() -> None:
 
 
 def test_migration_discovery(tmp_path: Path) -> None:
-    assert [m.name for m in discover()][0] == "0001_init.sql"
+    assert discover()[0].name == "0001_init.sql"
     (tmp_path / "0001_a.sql").write_text("SELECT 1;")
     (tmp_path / "0001_b.sql").write_text("SELECT 1;")
     with pytest.raises(ConfigError, match="share a number"):
         discover(tmp_path)
     (tmp_path / "0001_b.sql").unlink()
     (tmp_path / "notes.sql").write_text("")
-    with pytest.raises(ConfigError, match="NNNN_name.sql"):
+    with pytest.raises(ConfigError, match=r"NNNN_name\.sql"):
         discover(tmp_path)

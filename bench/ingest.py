@@ -1,0 +1,104 @@
+"""`kensaku bench ingest --docs N`: end-to-end ingestion through the real API → Redis → workers →
+Postgres path, against the raw encode speed of the same model on the same texts, in one run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import asyncpg
+import httpx
+
+from bench.corpus import generate_documents
+from shared.config import get_settings
+from shared.db.queries import Q
+from shared.embed.embedder import load_embedder
+from shared.stack.stack import Stack, settings_env
+from shared.text.pipeline import embedding_input, prepare_document
+
+
+def raw_encode(docs: list[dict[str, str]]) -> dict[str, float]:
+    """The model alone: encode exactly what the pipeline will feed it, no queue, no database."""
+    settings = get_settings()
+    embedder = load_embedder(settings)
+    inputs = [
+        embedding_input(d["title"], c.text)
+        for d in docs
+        for c in prepare_document(
+            d["title"], d["text"], count_tokens=embedder.count_tokens,
+            max_tokens=embedder.chunk_tokens(settings.chunk_tokens),
+            overlap_tokens=settings.chunk_overlap_tokens,
+        )
+    ]  # fmt: skip
+    embedder.encode_documents(inputs[:64])  # warm-up
+    started = time.perf_counter()
+    embedder.encode_documents(inputs)
+    seconds = time.perf_counter() - started
+    return {"chunks": len(inputs), "seconds": seconds, "docs_per_s": len(docs) / seconds,
+            "chunks_per_s": len(inputs) / seconds}  # fmt: skip
+
+
+async def count_chunks(database_url: str) -> int:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return int(await conn.fetchval(Q.count_chunks))
+    finally:
+        await conn.close()
+
+
+def end_to_end(docs: list[dict[str, str]], concurrency: int) -> dict[str, float]:
+    settings = get_settings()
+    with (
+        tempfile.TemporaryDirectory(prefix="kensaku-bench-") as tmp,
+        Stack(
+            Path(tmp),
+            flower=False,
+            worker_concurrency=concurrency,
+            extra_env=settings_env(settings),
+        ) as stack,
+    ):
+        body = "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs).encode()
+        started = time.perf_counter()
+        resp = httpx.post(
+            f"{stack.api_url}/v1/documents", params={"collection": "bench"}, content=body,
+            headers={"Content-Type": "application/x-ndjson"}, timeout=600,
+        )  # fmt: skip
+        resp.raise_for_status()
+        accepted_s = time.perf_counter() - started
+        job = resp.json()["job_id"]
+        while True:
+            status = httpx.get(f"{stack.api_url}/v1/jobs/{job}", timeout=30).json()
+            if status["status"] in ("done", "partial", "failed"):
+                break
+            time.sleep(0.05)
+        seconds = time.perf_counter() - started
+        n_chunks = asyncio.run(count_chunks(stack.database_url))
+    if status["status"] != "done":
+        raise RuntimeError(f"bench job ended {status['status']}: {status['errors']}")
+    return {"seconds": seconds, "upload_seconds": accepted_s, "chunks": n_chunks,
+            "docs_per_s": len(docs) / seconds, "chunks_per_s": n_chunks / seconds}  # fmt: skip
+
+
+def main(docs: int = 2000, concurrency: int = 2) -> int:
+    corpus = generate_documents(docs)
+    chars = sum(len(d["text"]) for d in corpus)
+    settings = get_settings()
+    print(f"bench ingest: {docs} documents, {chars / docs:.0f} characters each on average, "
+          f"model {settings.model}, worker concurrency {concurrency}")  # fmt: skip
+    raw = raw_encode(corpus)
+    e2e = end_to_end(corpus, concurrency)
+    print(
+        f"raw encode (model only, 1 process): {raw['chunks']} chunks in {raw['seconds']:.2f} s"
+        f" = {raw['docs_per_s']:.1f} docs/s, {raw['chunks_per_s']:.1f} chunks/s"
+    )
+    print(
+        f"end to end (API→Redis→workers→Postgres): {e2e['chunks']} chunks in "
+        f"{e2e['seconds']:.2f} s (upload {e2e['upload_seconds']:.2f} s) = "
+        f"{e2e['docs_per_s']:.1f} docs/s, {e2e['chunks_per_s']:.1f} chunks/s"
+    )
+    print(f"ratio end-to-end / raw encode: {e2e['docs_per_s'] / raw['docs_per_s']:.2f}")
+    return 0
