@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMappi
 from pathlib import Path
 from typing import Any, Protocol
 
+import redis.asyncio as aioredis
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -40,6 +41,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from shared.db.queries import Q
 from shared.queues import ALL_QUEUES
 
 log = logging.getLogger(__name__)
@@ -118,34 +120,39 @@ class _Pool(Protocol):
 
 async def pending_counts(pool: _Pool) -> dict[str, int]:
     """Documents per status (queued / prepped / indexed / failed) straight from Postgres."""
-    rows = await pool.fetch("SELECT status::text, count(*) FROM documents GROUP BY 1")
+    rows = await pool.fetch(Q.status_counts)
     return {str(row[0]): int(row[1]) for row in rows}
 
 
-async def queue_depths(redis_url: str, queues: Iterable[str] = ALL_QUEUES) -> dict[str, int]:
-    """Messages waiting in each Celery queue (not counting ones a worker already reserved).
+async def queue_depths(
+    client: aioredis.Redis, queues: Iterable[str] = ALL_QUEUES
+) -> dict[str, int]:
+    """Messages waiting in each Celery queue, plus ``unacked``: delivered to a worker, not yet
+    acknowledged (all queues together).
 
     kombu's Redis transport stores a queue as a Redis list named after the queue.
     """
-    import redis.asyncio as aioredis
-
-    client = aioredis.from_url(redis_url)
-    try:
-        names = list(queues)
-        async with client.pipeline(transaction=False) as pipe:
-            for q in names:
-                pipe.llen(q)
-                for step in _KOMBU_PRIORITY_STEPS:
-                    pipe.llen(f"{q}{_KOMBU_PRIORITY_SEP}{step}")
-            pipe.hlen("unacked")
-            lengths = await pipe.execute()
-    finally:
-        await client.aclose()
+    names = list(queues)
+    async with client.pipeline(transaction=False) as pipe:
+        for q in names:
+            pipe.llen(q)
+            for step in _KOMBU_PRIORITY_STEPS:
+                pipe.llen(f"{q}{_KOMBU_PRIORITY_SEP}{step}")
+        pipe.hlen("unacked")
+        lengths = await pipe.execute()
     per_queue = 1 + len(_KOMBU_PRIORITY_STEPS)
     depths = {q: sum(lengths[i * per_queue : (i + 1) * per_queue]) for i, q in enumerate(names)}
     # kombu keeps messages delivered to a worker but not yet acked in one hash for all queues.
     depths["unacked"] = int(lengths[-1])
     return depths
+
+
+async def _queue_depths_at(redis_url: str) -> dict[str, int]:
+    client = aioredis.from_url(redis_url)
+    try:
+        return await queue_depths(client)
+    finally:
+        await client.aclose()
 
 
 class _GaugeSnapshot(Collector):
@@ -205,7 +212,7 @@ async def collect_gauges(pool: _Pool | None, redis_url: str | None) -> None:
     if pool is not None:
         tasks["postgres"] = _guarded("postgres", pending_counts(pool))
     if redis_url:
-        tasks["redis"] = _guarded("redis", queue_depths(redis_url))
+        tasks["redis"] = _guarded("redis", _queue_depths_at(redis_url))
     results = dict(zip(tasks, await asyncio.gather(*tasks.values()), strict=True))
     if "postgres" in results:
         GAUGES.documents = results["postgres"]

@@ -43,17 +43,26 @@ def _batches(ids: Sequence[int], size: int) -> list[list[int]]:
     return [list(ids[i : i + size]) for i in range(0, len(ids), size)]
 
 
-def enqueue_prep(app: Celery, ids: Sequence[int], batch_size: int) -> int:
+def _enqueue(
+    app: Celery, task: str, queue: str, ids: Sequence[int], batch_size: int, job_id: str | None
+) -> int:
+    # The job id rides along only for logs and Flower; the task reads everything else from
+    # Postgres by document id.
     batches = _batches(ids, batch_size)
     with app.producer_or_acquire() as producer:
         for batch in batches:
-            app.send_task(PREP_TASK, args=[batch], queue=PREP_QUEUE, producer=producer)
+            app.send_task(task, args=[batch], kwargs={"job_id": job_id}, queue=queue,
+                          producer=producer)  # fmt: skip
     return len(batches)
 
 
-def enqueue_embed(app: Celery, ids: Sequence[int], batch_size: int) -> int:
-    batches = _batches(ids, batch_size)
-    with app.producer_or_acquire() as producer:
-        for batch in batches:
-            app.send_task(EMBED_TASK, args=[batch], queue=EMBED_QUEUE, producer=producer)
-    return len(batches)
+def enqueue_prep(
+    app: Celery, ids: Sequence[int], batch_size: int, job_id: str | None = None
+) -> int:
+    return _enqueue(app, PREP_TASK, PREP_QUEUE, ids, batch_size, job_id)
+
+
+def enqueue_embed(
+    app: Celery, ids: Sequence[int], batch_size: int, job_id: str | None = None
+) -> int:
+    return _enqueue(app, EMBED_TASK, EMBED_QUEUE, ids, batch_size, job_id)

@@ -11,6 +11,7 @@ from celery import Task
 
 from shared.ingest.embed import embed_documents, fail_documents
 from shared.ingest.prep import prep_documents
+from shared.logging import bind
 from shared.queues import EMBED_TASK, PREP_TASK
 from shared.taskqueue import enqueue_embed
 from worker.celery_app import app
@@ -36,7 +37,12 @@ def _retry_or_fail(task: Task, doc_ids: list[int], stage: str, exc: BaseExceptio
 
 
 @app.task(name=PREP_TASK, bind=True, max_retries=None)
-def prep(self: Task, doc_ids: list[int]) -> dict[str, int]:
+def prep(self: Task, doc_ids: list[int], job_id: str | None = None) -> dict[str, int]:
+    with bind(job_id=job_id):
+        return _prep(self, doc_ids, job_id)
+
+
+def _prep(task: Task, doc_ids: list[int], job_id: str | None) -> dict[str, int]:
     rt = get_runtime()
     try:
         result = rt.run(
@@ -49,9 +55,9 @@ def prep(self: Task, doc_ids: list[int]) -> dict[str, int]:
             )
         )
     except Exception as exc:
-        return _retry_or_fail(self, doc_ids, "prep", exc)  # type: ignore[no-any-return]
+        return _retry_or_fail(task, doc_ids, "prep", exc)  # type: ignore[no-any-return]
     if result.prepped:
-        enqueue_embed(app, result.prepped, rt.settings.prep_batch_size)
+        enqueue_embed(app, result.prepped, rt.settings.prep_batch_size, job_id)
     return {
         "prepped": len(result.prepped),
         "failed": len(result.failed),
@@ -61,10 +67,11 @@ def prep(self: Task, doc_ids: list[int]) -> dict[str, int]:
 
 
 @app.task(name=EMBED_TASK, bind=True, max_retries=None)
-def embed(self: Task, doc_ids: list[int]) -> dict[str, int]:
+def embed(self: Task, doc_ids: list[int], job_id: str | None = None) -> dict[str, int]:
     rt = get_runtime()
-    try:
-        result = rt.run(embed_documents(rt.pool, rt.embedder, rt.table, doc_ids))
-    except Exception as exc:
-        return _retry_or_fail(self, doc_ids, "embed", exc)  # type: ignore[no-any-return]
+    with bind(job_id=job_id):
+        try:
+            result = rt.run(embed_documents(rt.pool, rt.embedder, rt.table, doc_ids))
+        except Exception as exc:
+            return _retry_or_fail(self, doc_ids, "embed", exc)  # type: ignore[no-any-return]
     return {"indexed": len(result.indexed), "skipped": result.skipped, "chunks": result.chunks}

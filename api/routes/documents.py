@@ -87,7 +87,11 @@ async def upload_documents(
     if stored.document_ids:
         try:
             await asyncio.to_thread(
-                enqueue_prep, st.celery, stored.document_ids, settings.prep_batch_size
+                enqueue_prep,
+                st.celery,
+                stored.document_ids,
+                settings.prep_batch_size,
+                str(stored.job_id),
             )
         except Exception:
             # Stored durably already: the sweeper enqueues them once the broker is back.

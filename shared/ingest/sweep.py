@@ -15,7 +15,7 @@ from celery import Celery
 
 from shared.config import Settings
 from shared.db.queries import Q
-from shared.queues import ALL_QUEUES
+from shared.metrics import queue_depths
 from shared.taskqueue import enqueue_embed, enqueue_prep
 
 log = logging.getLogger(__name__)
@@ -23,17 +23,14 @@ log = logging.getLogger(__name__)
 SWEEP_LIMIT = 50_000
 
 
-async def queue_depths(redis: aioredis.Redis) -> dict[str, int]:
-    # Kombu's Redis transport keeps each queue as a list under the queue's name.
-    return {q: int(await redis.llen(q)) for q in ALL_QUEUES}
-
-
 async def sweep_once(
     pool: asyncpg.Pool, redis: aioredis.Redis, app: Celery, settings: Settings
 ) -> tuple[int, int]:
     """Re-enqueue lost work; return (prep, embed) document counts enqueued."""
-    if any((await queue_depths(redis)).values()):
-        # A backlog means messages are still on their way; its documents are not lost.
+    depths = await queue_depths(redis)
+    # A backlog means messages are still on their way; its documents are not lost. Unacked
+    # messages do not count: those of a killed worker stay there for the visibility timeout.
+    if any(n for queue, n in depths.items() if queue != "unacked"):
         return 0, 0
     rows = await pool.fetch(Q.claim_pending, settings.sweep_grace_seconds, SWEEP_LIMIT)
     prep = [r["id"] for r in rows if r["status"] == "queued"]

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared import metrics
+from shared.db.queries import Q
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -85,7 +86,7 @@ def test_gauges_absent_until_collected() -> None:
 def test_pending_counts_and_gauges_from_pool() -> None:
     pool = _Pool([("queued", 4), ("indexed", 10)])
     asyncio.run(metrics.collect_gauges(pool, None))
-    assert pool.queries == ["SELECT status::text, count(*) FROM documents GROUP BY 1"]
+    assert pool.queries == [Q.status_counts]
     assert _value("kensaku_documents", status="queued") == 4
     assert _value("kensaku_documents", status="indexed") == 10
     assert _value("kensaku_dependency_up", dependency="postgres") == 1
@@ -113,7 +114,7 @@ def test_queue_depths_from_real_redis(tmp_path: Path) -> None:
         server.rpush("embed", "d")
         server.hset("unacked", "tag", "msg")
         url = f"unix://{server.socket_file}"
-        assert asyncio.run(metrics.queue_depths(url)) == {"prep": 3, "embed": 1, "unacked": 1}
+        assert asyncio.run(metrics._queue_depths_at(url)) == {"prep": 3, "embed": 1, "unacked": 1}
         asyncio.run(metrics.collect_gauges(None, url))
         assert _value("kensaku_queue_depth", queue="prep") == 3
         assert _value("kensaku_dependency_up", dependency="redis") == 1
