@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings)
+    # KENSAKU_HOST says where this API is exposed; an open API stays on loopback.
+    settings.check_bind_allowed()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
