@@ -52,6 +52,7 @@ def _prep(task: Task, doc_ids: list[int], job_id: str | None) -> dict[str, int]:
                 count_tokens=rt.embedder.count_tokens,
                 max_tokens=rt.embedder.chunk_tokens(rt.settings.chunk_tokens),
                 overlap_tokens=rt.settings.chunk_overlap_tokens,
+                tokens_are_lexemes=rt.embedder.takes_lexemes,
             )
         )
     except Exception as exc:

@@ -87,6 +87,9 @@ class Embedder:
         self._special_tokens = 0
         if self._module_counter is None:
             self._hf_tokenizer, self._special_tokens = _counting_tokenizer(model)
+        # A model whose input is the text pipeline's own lexemes (the default static model) can
+        # embed the lexemes prep already stored with each chunk, without tokenizing again.
+        self.takes_lexemes = hasattr(first, "features_from_lexemes") and not self.document_prompt
         seq = model.max_seq_length
         self.max_seq_length: int | None = (
             int(seq) if isinstance(seq, int | float) and math.isfinite(seq) and seq > 0 else None
@@ -151,6 +154,25 @@ class Embedder:
                 normalize_embeddings=True,
             )
             result[batch] = np.asarray(vectors, dtype=np.float32)
+        return result
+
+    def encode_lexemes(self, docs: list[list[str]]) -> np.ndarray:
+        """Like ``encode_documents`` for a model that ``takes_lexemes``, from lexemes computed
+        earlier; the model's own modules run, so the vectors are the same as from the text."""
+        if not self.takes_lexemes:
+            raise ConfigError(f"model {self.name} does not embed precomputed lexemes")
+        import torch
+
+        result = np.zeros((len(docs), self.dimension), dtype=np.float32)
+        if not docs:
+            return result
+        first: Any = self.model[0]
+        features = first.features_from_lexemes(docs)
+        features = {k: v.to(self.model.device) for k, v in features.items()}
+        with torch.inference_mode():
+            vectors = self.model(features)["sentence_embedding"].float().cpu().numpy()
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        result[:] = vectors / np.maximum(norms, 1e-12)
         return result
 
     def encode_query(self, text: str) -> np.ndarray:

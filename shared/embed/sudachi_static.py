@@ -89,9 +89,25 @@ class SudachiStaticEmbedding(InputModule):
         return get_tokenizer().lexemes(normalize(text))
 
     def rows(self, text: str) -> list[int]:
+        return self.rows_from_lexemes(self.lexemes(text))
+
+    def rows_from_lexemes(self, lexemes: Sequence[str]) -> list[int]:
         vocab = self.vocab
-        found = [r for r in map(vocab.get, self.lexemes(text)) if r is not None]
+        found = [r for r in map(vocab.get, lexemes) if r is not None]
         return found or [self.unk_row]
+
+    def features_from_lexemes(self, docs: Sequence[Sequence[str]]) -> dict[str, torch.Tensor]:
+        """Model input from lexemes computed earlier (prep stores them with each chunk): the
+        same features ``preprocess`` makes from text, without running Sudachi again."""
+        ids: list[int] = []
+        offsets: list[int] = []
+        for lexemes in docs:
+            offsets.append(len(ids))
+            ids.extend(self.rows_from_lexemes(lexemes))
+        return {
+            "input_ids": torch.tensor(ids, dtype=torch.long),
+            "offsets": torch.tensor(offsets, dtype=torch.long),
+        }
 
     def count_tokens(self, text: str) -> int:
         """Tokens as this model sees them: the lexemes (content words) of ``text``."""
@@ -103,15 +119,7 @@ class SudachiStaticEmbedding(InputModule):
         texts = [str(t) for t in inputs]
         if prompt:
             texts = self._prepend_prompt(texts, prompt)
-        ids: list[int] = []
-        offsets: list[int] = []
-        for text in texts:
-            offsets.append(len(ids))
-            ids.extend(self.rows(text))
-        return {
-            "input_ids": torch.tensor(ids, dtype=torch.long),
-            "offsets": torch.tensor(offsets, dtype=torch.long),
-        }
+        return self.features_from_lexemes([self.lexemes(t) for t in texts])
 
     def forward(self, features: dict[str, torch.Tensor], **kwargs: Any) -> dict[str, torch.Tensor]:
         features["sentence_embedding"] = self.embedding(features["input_ids"], features["offsets"])

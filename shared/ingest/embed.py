@@ -25,7 +25,12 @@ STAGE = "embed"
 
 
 class DocumentEncoder(Protocol):
+    takes_lexemes: bool
+    device: str
+
     def encode_documents(self, texts: list[str]) -> np.ndarray: ...
+
+    def encode_lexemes(self, docs: list[list[str]]) -> np.ndarray: ...
 
 
 @dataclass
@@ -40,14 +45,12 @@ async def embed_documents(
     pool: asyncpg.Pool, encoder: DocumentEncoder, table: ModelTable, doc_ids: list[int]
 ) -> EmbedResult:
     result = EmbedResult()
-    rows = await pool.fetch(Q.load_for_embed, doc_ids)
-    versions: dict[int, int] = {}
-    chunk_ids: list[int] = []
-    inputs: list[str] = []
-    for r in rows:
-        versions[r["document_id"]] = r["version"]
-        chunk_ids.append(r["chunk_id"])
-        inputs.append(embedding_input(r["title"], r["text"]))
+    # A model that takes the pipeline's lexemes reads those prep stored instead of the text,
+    # so no chunk is tokenized twice.
+    query = Q.load_lexemes_for_embed if encoder.takes_lexemes else Q.load_for_embed
+    rows = await pool.fetch(query, doc_ids)
+    versions = {r["document_id"]: r["version"] for r in rows}
+    chunk_ids = [r["chunk_id"] for r in rows]
     result.skipped = len(set(doc_ids)) - len(versions)
     if not rows:
         return result
@@ -55,10 +58,13 @@ async def embed_documents(
     started = time.perf_counter()
     # A model failure on a whole batch is most likely transient (OOM, device): it propagates so
     # the task retries; after the last retry the task marks the documents failed.
-    vectors = encoder.encode_documents(inputs)
+    if encoder.takes_lexemes:
+        vectors = encoder.encode_lexemes([list(r["lexemes"]) for r in rows])
+    else:
+        vectors = encoder.encode_documents([embedding_input(r["title"], r["text"]) for r in rows])
     elapsed = time.perf_counter() - started
-    metrics.EMBED_BATCH_SIZE.observe(len(inputs))
-    metrics.EMBED_BATCH_SECONDS.labels(getattr(encoder, "device", "cpu")).observe(elapsed)
+    metrics.EMBED_BATCH_SIZE.observe(len(rows))
+    metrics.EMBED_BATCH_SECONDS.labels(encoder.device).observe(elapsed)
 
     async def write(conn: asyncpg.Connection) -> None:
         current = await conn.fetch(Q.lock_versions, list(versions))

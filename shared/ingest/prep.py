@@ -55,6 +55,7 @@ async def prep_documents(
     count_tokens: Callable[[str], int],
     max_tokens: int,
     overlap_tokens: int,
+    tokens_are_lexemes: bool = False,
 ) -> PrepResult:
     started = time.perf_counter()
     result = PrepResult()
@@ -71,6 +72,7 @@ async def prep_documents(
                 count_tokens=count_tokens,
                 max_tokens=max_tokens,
                 overlap_tokens=overlap_tokens,
+                tokens_are_lexemes=tokens_are_lexemes,
             )
         except Exception as exc:  # one bad document must not fail the batch
             log.exception("prep failed for document %s", row["id"])

@@ -13,7 +13,7 @@ from typing import Any
 
 from shared.config import Settings
 from shared.text.normalize import normalize
-from shared.text.pipeline import content_hash
+from shared.text.pipeline import normalized_content_hash
 
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _ALLOWED_FIELDS = frozenset({"id", "title", "text", "metadata"})
@@ -117,7 +117,8 @@ def validate_document(obj: Any, settings: Settings) -> ValidDocument:
             f"text is {size} bytes, over the limit of {settings.max_document_bytes} bytes "
             "(max_document_bytes)"
         )
-    if not text.strip() or not normalize(text).strip():
+    normalized = normalize(text)
+    if not normalized.strip():
         raise DocumentRejected("text is empty or only whitespace/control characters")
 
     title = obj.get("title", "")
@@ -139,4 +140,6 @@ def validate_document(obj: Any, settings: Settings) -> ValidDocument:
     if len(metadata_json.encode("utf-8")) > _MAX_METADATA_BYTES:
         raise DocumentRejected(f"metadata is larger than {_MAX_METADATA_BYTES} bytes")
 
-    return ValidDocument(external_id, title, text, metadata_json, content_hash(title, text))
+    # Hashing the normalized text makes width- or spacing-only edits a no-op re-upload.
+    digest = normalized_content_hash(normalize(title), normalized)
+    return ValidDocument(external_id, title, text, metadata_json, digest)

@@ -17,7 +17,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from shared.text.chunk import Chunk, chunk_text
+from shared.text.chunk import Chunk, chunk_text, split_sentences
 from shared.text.normalize import normalize
 from shared.text.tokenize import Tokenizer, get_tokenizer
 
@@ -64,12 +64,20 @@ def prepare_document(
     max_tokens: int,
     overlap_tokens: int = 0,
     tokenizer: Tokenizer | None = None,
+    tokens_are_lexemes: bool = False,
 ) -> list[PreparedChunk]:
     """Normalize, chunk and tokenize one document. A document with an empty body but a title
-    becomes one chunk holding the title, so it stays findable."""
+    becomes one chunk holding the title, so it stays findable.
+
+    ``tokens_are_lexemes`` says the model counts exactly the lexemes (the default static model):
+    then each sentence goes through Sudachi once, for its count and its lexemes together, instead
+    of once to count and again per chunk (Sudachi is most of prep's time).
+    """
     tok = tokenizer or get_tokenizer()
     title = normalize(title)
     body = normalize(body)
+    if tokens_are_lexemes and body:
+        return _prepare_by_sentence(title, body, tok, max_tokens, overlap_tokens)
     if not body:
         if not title:
             return []
@@ -83,6 +91,35 @@ def prepare_document(
     out: list[PreparedChunk] = []
     for c in chunk_text(body, count_tokens, budget, overlap):
         lexemes = tok.lexemes(embedding_input(title, c.text))
+        out.append(
+            PreparedChunk(c.ordinal, c.text, c.char_start, c.char_end, c.token_count, lexemes)
+        )
+    return out
+
+
+def _prepare_by_sentence(
+    title: str, body: str, tok: Tokenizer, max_tokens: int, overlap_tokens: int
+) -> list[PreparedChunk]:
+    memo: dict[str, list[str]] = {}
+
+    def lexemes_of(piece: str) -> list[str]:
+        found = memo.get(piece)
+        if found is None:
+            found = memo[piece] = tok.lexemes(piece)
+        return found
+
+    title_lexemes = tok.lexemes(title) if title else []
+    budget = max_tokens
+    if title:
+        budget = max(int(max_tokens * _MIN_BODY_SHARE), max_tokens - len(title_lexemes), 1)
+    out: list[PreparedChunk] = []
+    count = lambda piece: len(lexemes_of(piece))  # noqa: E731
+    for c in chunk_text(body, count, budget, min(overlap_tokens, budget - 1)):
+        # The chunk's sentences were counted (and so tokenized) while chunking; a piece cut out
+        # of an over-long sentence may not match one and is tokenized here.
+        lexemes = list(title_lexemes)
+        for start, end in split_sentences(c.text):
+            lexemes.extend(lexemes_of(c.text[start:end]))
         out.append(
             PreparedChunk(c.ordinal, c.text, c.char_start, c.char_end, c.token_count, lexemes)
         )
@@ -127,5 +164,9 @@ def tsvector_literal(lexemes: list[str]) -> str:
 def content_hash(title: str, body: str) -> bytes:
     """SHA-256 of the normalized title and body (``\\x1f`` between them; normalization turns
     control characters into spaces, so the separator cannot occur inside either)."""
-    data = normalize(title) + "\x1f" + normalize(body)
-    return hashlib.sha256(data.encode("utf-8")).digest()
+    return normalized_content_hash(normalize(title), normalize(body))
+
+
+def normalized_content_hash(title: str, body: str) -> bytes:
+    """``content_hash`` for a title and body that are normalized already."""
+    return hashlib.sha256(f"{title}\x1f{body}".encode()).digest()

@@ -158,6 +158,7 @@ def test_retried_task_changes_nothing(stack: Any, api: httpx.Client, collection:
                     count_tokens=embedder.count_tokens,
                     max_tokens=embedder.chunk_tokens(settings.chunk_tokens),
                     overlap_tokens=0,
+                    tokens_are_lexemes=embedder.takes_lexemes,
                 )
                 e = await embed_documents(pool, embedder, table, ids)
                 return len(p.prepped) + len(e.indexed)

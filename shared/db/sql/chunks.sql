@@ -92,3 +92,14 @@ SELECT DISTINCT job_id FROM documents WHERE id = ANY($1::bigint[]) AND job_id IS
 
 -- name: count_chunks
 SELECT count(*) FROM chunks;
+
+-- name: load_lexemes_for_embed
+-- For models whose input is the lexemes (see Embedder.takes_lexemes): each chunk's lexemes,
+-- repeated as often as they occur (one per position), as prep stored them.
+SELECT c.id AS chunk_id, c.document_id, d.version,
+       ARRAY(SELECT u.lexeme
+             FROM unnest(c.lexemes) AS u(lexeme, positions, weights),
+                  generate_series(1, cardinality(u.positions))) AS lexemes
+FROM chunks c JOIN documents d ON d.id = c.document_id
+WHERE d.id = ANY($1::bigint[]) AND d.status = 'prepped'
+ORDER BY c.id;
