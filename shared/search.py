@@ -14,10 +14,10 @@ import asyncpg
 
 from shared import metrics
 from shared.config import Settings
-from shared.db.documents import require_collection
 from shared.db.embeddings import ModelTable
 from shared.db.queries import Q
 from shared.embed.embedder import Embedder
+from shared.errors import NotFoundError
 from shared.text.pipeline import query_lexemes
 
 Mode = Literal["hybrid", "vector", "lexical"]
@@ -51,7 +51,11 @@ async def search(
     params: SearchParams,
 ) -> dict[str, Any]:
     started = time.perf_counter()
-    collection_id = await require_collection(pool, params.collection)
+    found = await pool.fetchrow(Q.collection_for_search, params.collection)
+    if found is None:
+        raise NotFoundError(f"collection {params.collection!r} not found")
+    collection_id = found["id"]
+    exact = found["chunk_count"] < settings.exact_search_below
     flt = filter_groups(params.filter)
     # Enough chunk candidates that top_k distinct documents survive the best-chunk grouping.
     candidates = max(settings.search_candidates, params.top_k * 4)
@@ -60,7 +64,14 @@ async def search(
 
     if params.mode == "lexical":
         rows = (
-            await pool.fetch(Q.search_lexical, *common, lexemes, settings.bm25_k1, settings.bm25_b)
+            await pool.fetch(
+                Q.search_lexical,
+                *common,
+                lexemes,
+                settings.bm25_k1,
+                settings.bm25_b,
+                settings.lexical_postings_per_term,
+            )
             if lexemes
             else []
         )
@@ -68,16 +79,17 @@ async def search(
         # Off the event loop: the endpoint keeps serving other requests meanwhile.
         vector = await asyncio.to_thread(embedder.encode_query, params.query)
         if params.mode == "vector":
-            rows = await pool.fetch(table.sql(Q.search_vector), *common, vector)
+            rows = await pool.fetch(table.sql(Q.search_vector, exact=exact), *common, vector)
         else:
             rows = await pool.fetch(
-                table.sql(Q.search_hybrid),
+                table.sql(Q.search_hybrid, exact=exact),
                 *common,
                 vector,
                 lexemes,
                 settings.bm25_k1,
                 settings.hybrid_lexical_weight,
                 settings.bm25_b,
+                settings.lexical_postings_per_term,
             )
     took = time.perf_counter() - started
     metrics.observe_search(params.mode, took)

@@ -14,11 +14,16 @@ setup_logging.connect(setup_celery_logging)
 
 
 @worker_init.connect
-def _preload(**_: object) -> None:
+def _preload(sender: object = None, **_: object) -> None:
     # Import the heavy libraries once in the parent, before the pool forks: children then start
     # in about a second instead of each importing torch and transformers on two cores at once.
     # Importing does not initialize CUDA, so forking afterwards stays safe.
     import sentence_transformers  # noqa: F401
+
+    from worker.runtime import set_pool_size
+
+    # Children inherit this: each sizes torch's threads to its share of the cores.
+    set_pool_size(int(getattr(sender, "concurrency", 1) or 1))
 
     port = get_settings().metrics_port
     if port:

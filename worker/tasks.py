@@ -53,6 +53,8 @@ def _prep(task: Task, doc_ids: list[int], job_id: str | None) -> dict[str, int]:
                 max_tokens=rt.embedder.chunk_tokens(rt.settings.chunk_tokens),
                 overlap_tokens=rt.settings.chunk_overlap_tokens,
                 tokens_are_lexemes=rt.embedder.takes_lexemes,
+                bm25_k1=rt.settings.bm25_k1,
+                bm25_b=rt.settings.bm25_b,
             )
         )
     except Exception as exc:

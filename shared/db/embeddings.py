@@ -32,13 +32,17 @@ class ModelTable:
         kind = "halfvec" if self.dimension > HALFVEC_ABOVE else "vector"
         return f"{kind}({self.dimension})"
 
-    def sql(self, query: str) -> str:
-        """A named query with this model's table filled in (validated, never user input)."""
+    def sql(self, query: str, *, exact: bool = False) -> str:
+        """A named query with this model's table filled in (validated, never user input).
+        ``exact`` orders by a distance expression the HNSW index cannot serve: a full scan."""
         if not TABLE_NAME.match(self.table):
             raise ConfigError(f"invalid embedding table name {self.table!r}")
         kind = "halfvec" if self.dimension > HALFVEC_ABOVE else "vector"
         return query.format(
-            table=self.table, vector_type=self.vector_type, opclass=f"{kind}_cosine_ops"
+            table=self.table,
+            vector_type=self.vector_type,
+            opclass=f"{kind}_cosine_ops",
+            vector_order="(e.embedding <=> $5) + 0" if exact else "e.embedding <=> $5",
         )
 
 

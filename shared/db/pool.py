@@ -23,6 +23,8 @@ async def create_pool(settings: Settings, *, min_size: int | None = None) -> asy
         server_settings={
             "hnsw.ef_search": str(settings.hnsw_ef_search),
             "hnsw.iterative_scan": "relaxed_order",
+            # Exact (index-less) vector plans sort rows carrying their vectors; 4 MB spills.
+            "work_mem": "32MB",
             "application_name": "kensaku",
         },
     )

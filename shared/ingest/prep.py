@@ -19,7 +19,12 @@ import asyncpg
 from shared import metrics
 from shared.db.queries import Q
 from shared.db.retry import retry_transaction
-from shared.text.pipeline import PreparedChunk, prepare_document, tsvector_literal
+from shared.text.pipeline import (
+    PreparedChunk,
+    prepare_document,
+    term_frequencies,
+    tsvector_literal,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +61,8 @@ async def prep_documents(
     max_tokens: int,
     overlap_tokens: int,
     tokens_are_lexemes: bool = False,
+    bm25_k1: float = 1.2,
+    bm25_b: float = 0.75,
 ) -> PrepResult:
     started = time.perf_counter()
     result = PrepResult()
@@ -106,12 +113,13 @@ async def prep_documents(
                 c.token_count,
                 len(c.lexemes),
                 tsvector_literal(c.lexemes),
+                term_frequencies(c.lexemes),
             )
             for doc_id in ok
             for c in prepared[doc_id]
         ]
         await conn.copy_records_to_table("chunk_staging", records=records)
-        await conn.execute(Q.insert_staged_chunks)
+        await conn.execute(Q.insert_staged_chunks, bm25_k1, bm25_b)
         result.chunks = len(records)
         result.prepped = [i for i in ok if prepared[i]]
         result.indexed = [i for i in ok if not prepared[i]]

@@ -14,6 +14,8 @@ embedding input still fits ``max_tokens``.
 from __future__ import annotations
 
 import hashlib
+import json
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -159,6 +161,15 @@ def tsvector_literal(lexemes: list[str]) -> str:
         quoted = lex.replace("\\", "\\\\").replace("'", "''")
         parts.append(f"'{quoted}':{','.join(map(str, plist))}")
     return " ".join(parts)
+
+
+def term_frequencies(lexemes: list[str]) -> str:
+    """The lexemes' counts as a JSON object, for BM25's term frequencies; the same lexemes that
+    ``tsvector_literal`` keeps (over-long ones dropped), so the two cannot disagree."""
+    counts = Counter(
+        lex for lex in lexemes if lex and len(lex.encode("utf-8")) <= TS_MAX_LEXEME_BYTES
+    )
+    return json.dumps(counts, ensure_ascii=False, separators=(",", ":"))
 
 
 def content_hash(title: str, body: str) -> bytes:

@@ -166,7 +166,11 @@ def test_retried_task_changes_nothing(stack: Any, api: httpx.Client, collection:
             # Redelivered after success: the documents are indexed, nothing is redone.
             done_again = await stages()
             # Redelivered after a crash that left them queued: redone, replacing, not adding.
-            await pool.execute("UPDATE documents SET status = 'queued' WHERE id = ANY($1)", ids)
+            # updated_at too: a document queued just now is not the sweeper's to re-enqueue.
+            await pool.execute(
+                "UPDATE documents SET status = 'queued', updated_at = now() WHERE id = ANY($1)",
+                ids,
+            )
             redone = await stages()
             return done_again, redone, len(ids)
         finally:

@@ -6,6 +6,11 @@ RETURNING id;
 -- name: collection_id
 SELECT id FROM collections WHERE name = $1;
 
+-- name: collection_for_search
+SELECT c.id, coalesce(cs.chunk_count, 0) AS chunk_count
+FROM collections c LEFT JOIN collection_stats cs ON cs.collection_id = c.id
+WHERE c.name = $1;
+
 -- name: create_upload_staging
 CREATE TEMP TABLE upload_staging (
     external_id  text NOT NULL,
@@ -111,3 +116,7 @@ SELECT status::text AS status, count(*) AS n FROM documents GROUP BY 1;
 
 -- name: ping
 SELECT 1;
+
+-- name: analyze
+-- After a bulk load, before autovacuum gets to it: fresh row estimates for the planner.
+ANALYZE;

@@ -4,10 +4,19 @@
 --   $4 number of chunk candidates per channel.
 -- The filter is the same expression in every query: d.metadata @> alternative, per group.
 -- Hits are documents: the best chunk of each, best first.
+--
+-- Lexical ranking is Okapi BM25 over the chunks' Sudachi lexemes: idf from the per-collection
+-- statistics, tf from lexeme_tf, length from lexeme_count. Candidates come from the postings:
+-- for each query term its best postings by BM25 term weight, read in index order (filtered
+-- ones skipped), at most a budget per term; the union is then scored exactly. On collections
+-- where no term has more postings than the budget this is exact BM25.
 
 -- name: search_vector
--- $5 query vector. HNSW cosine; with hnsw.iterative_scan = relaxed_order on the connection the
--- index scan continues past filtered-out rows, so filtered queries still fill top_k.
+-- $5 query vector. {vector_order} is the HNSW index's order (e.embedding <=> $5) for large
+-- collections; with hnsw.iterative_scan = relaxed_order on the connection the index scan
+-- continues past filtered-out rows, so filtered queries still fill top_k. A small collection
+-- in a table shared with large ones would be found late or not at all by the graph walk: it
+-- gets an exact scan instead, ordered by an expression the index cannot serve.
 WITH hits AS (
     SELECT e.chunk_id, c.document_id, (e.embedding <=> $5) AS distance
     FROM {table} e
@@ -18,7 +27,7 @@ WITH hits AS (
           SELECT 1 FROM jsonb_array_elements($2::jsonb) grp
           WHERE NOT EXISTS (
               SELECT 1 FROM jsonb_array_elements(grp) alt WHERE d.metadata @> alt))
-    ORDER BY e.embedding <=> $5
+    ORDER BY {vector_order}
     LIMIT $4
 ), best AS (
     SELECT DISTINCT ON (document_id) document_id, chunk_id, 1 - distance AS score
@@ -30,34 +39,38 @@ ORDER BY b.score DESC, d.external_id
 LIMIT $3;
 
 -- name: search_lexical
--- $5 query lexemes (text[]). Okapi BM25 over the chunks' Sudachi lexemes: idf from the
--- per-collection statistics, tf from the tsvector positions, length from lexeme_count.
--- $6 k1, $7 b.
+-- $5 query lexemes (text[]), $6 k1, $7 b, $8 postings read per term.
 WITH terms AS (
     SELECT s.lexeme,
            ln(1 + (cs.chunk_count - s.df + 0.5) / (s.df + 0.5)) AS idf,
            greatest(cs.lexeme_total::float8 / greatest(cs.chunk_count, 1), 1) AS avgdl
     FROM lexeme_stats s JOIN collection_stats cs ON cs.collection_id = s.collection_id
     WHERE s.collection_id = $1 AND s.lexeme = ANY($5::text[]) AND s.df > 0
-), tsq AS (
-    -- Quoted lexemes, so no character of a word is read as tsquery syntax.
-    SELECT string_agg('''' || replace(replace(lexeme, '\', '\\'), '''', '''''') || '''', ' | ')::tsquery AS q
-    FROM terms
+), candidates AS (
+    SELECT DISTINCT top.chunk_id
+    FROM terms t
+    CROSS JOIN LATERAL (
+        SELECT p.chunk_id FROM postings p
+        WHERE p.collection_id = $1 AND p.lexeme = t.lexeme
+          AND ($2::jsonb = '[]'::jsonb OR EXISTS (
+              SELECT 1 FROM chunks fc JOIN documents d ON d.id = fc.document_id
+              WHERE fc.id = p.chunk_id
+                AND NOT EXISTS (
+                    SELECT 1 FROM jsonb_array_elements($2::jsonb) grp
+                    WHERE NOT EXISTS (
+                        SELECT 1 FROM jsonb_array_elements(grp) alt WHERE d.metadata @> alt))))
+        ORDER BY p.impact DESC
+        LIMIT $8
+    ) top
 ), scored AS (
     SELECT c.id AS chunk_id, c.document_id,
-           sum(t.idf * cardinality(u.positions) * ($6 + 1)
-               / (cardinality(u.positions)
-                  + $6 * (1 - $7 + $7 * c.lexeme_count / t.avgdl))) AS score
-    FROM tsq
-    JOIN chunks c ON c.lexemes @@ tsq.q
-    JOIN documents d ON d.id = c.document_id
-    CROSS JOIN LATERAL unnest(c.lexemes) AS u(lexeme, positions, weights)
-    JOIN terms t ON t.lexeme = u.lexeme
-    WHERE c.collection_id = $1
-      AND NOT EXISTS (
-          SELECT 1 FROM jsonb_array_elements($2::jsonb) grp
-          WHERE NOT EXISTS (
-              SELECT 1 FROM jsonb_array_elements(grp) alt WHERE d.metadata @> alt))
+           sum(t.idf * tf.n * ($6 + 1)
+               / (tf.n + $6 * (1 - $7 + $7 * c.lexeme_count / t.avgdl))) AS score
+    FROM candidates k
+    JOIN chunks c ON c.id = k.chunk_id
+    CROSS JOIN terms t
+    CROSS JOIN LATERAL (SELECT (c.lexeme_tf ->> t.lexeme)::float8 AS n) tf
+    WHERE tf.n IS NOT NULL
     GROUP BY c.id, c.document_id
     ORDER BY score DESC
     LIMIT $4
@@ -75,7 +88,8 @@ LIMIT $3;
 -- channel's best score (so both lie in [0, 1]), then $8 * lexical + (1 - $8) * vector.
 -- Equal-weight RRF lost to BM25 alone on real Japanese questions (0.87 vs 0.95 MRR@10);
 -- normalized convex fusion did not (0.953).
--- $5 query vector, $6 query lexemes, $7 k1, $8 lexical weight, $9 b.
+-- $5 query vector, $6 query lexemes, $7 k1, $8 lexical weight, $9 b,
+-- $10 postings read per term.
 WITH vec AS (
     SELECT e.chunk_id, c.document_id, 1 - (e.embedding <=> $5) AS score
     FROM {table} e
@@ -86,7 +100,7 @@ WITH vec AS (
           SELECT 1 FROM jsonb_array_elements($2::jsonb) grp
           WHERE NOT EXISTS (
               SELECT 1 FROM jsonb_array_elements(grp) alt WHERE d.metadata @> alt))
-    ORDER BY e.embedding <=> $5
+    ORDER BY {vector_order}
     LIMIT $4
 ), terms AS (
     SELECT s.lexeme,
@@ -94,24 +108,31 @@ WITH vec AS (
            greatest(cs.lexeme_total::float8 / greatest(cs.chunk_count, 1), 1) AS avgdl
     FROM lexeme_stats s JOIN collection_stats cs ON cs.collection_id = s.collection_id
     WHERE s.collection_id = $1 AND s.lexeme = ANY($6::text[]) AND s.df > 0
-), tsq AS (
-    SELECT string_agg('''' || replace(replace(lexeme, '\', '\\'), '''', '''''') || '''', ' | ')::tsquery AS q
-    FROM terms
+), candidates AS (
+    SELECT DISTINCT top.chunk_id
+    FROM terms t
+    CROSS JOIN LATERAL (
+        SELECT p.chunk_id FROM postings p
+        WHERE p.collection_id = $1 AND p.lexeme = t.lexeme
+          AND ($2::jsonb = '[]'::jsonb OR EXISTS (
+              SELECT 1 FROM chunks fc JOIN documents d ON d.id = fc.document_id
+              WHERE fc.id = p.chunk_id
+                AND NOT EXISTS (
+                    SELECT 1 FROM jsonb_array_elements($2::jsonb) grp
+                    WHERE NOT EXISTS (
+                        SELECT 1 FROM jsonb_array_elements(grp) alt WHERE d.metadata @> alt))))
+        ORDER BY p.impact DESC
+        LIMIT $10
+    ) top
 ), lex AS (
     SELECT c.id AS chunk_id, c.document_id,
-           sum(t.idf * cardinality(u.positions) * ($7 + 1)
-               / (cardinality(u.positions)
-                  + $7 * (1 - $9 + $9 * c.lexeme_count / t.avgdl))) AS score
-    FROM tsq
-    JOIN chunks c ON c.lexemes @@ tsq.q
-    JOIN documents d ON d.id = c.document_id
-    CROSS JOIN LATERAL unnest(c.lexemes) AS u(lexeme, positions, weights)
-    JOIN terms t ON t.lexeme = u.lexeme
-    WHERE c.collection_id = $1
-      AND NOT EXISTS (
-          SELECT 1 FROM jsonb_array_elements($2::jsonb) grp
-          WHERE NOT EXISTS (
-              SELECT 1 FROM jsonb_array_elements(grp) alt WHERE d.metadata @> alt))
+           sum(t.idf * tf.n * ($7 + 1)
+               / (tf.n + $7 * (1 - $9 + $9 * c.lexeme_count / t.avgdl))) AS score
+    FROM candidates k
+    JOIN chunks c ON c.id = k.chunk_id
+    CROSS JOIN terms t
+    CROSS JOIN LATERAL (SELECT (c.lexeme_tf ->> t.lexeme)::float8 AS n) tf
+    WHERE tf.n IS NOT NULL
     GROUP BY c.id, c.document_id
     ORDER BY score DESC
     LIMIT $4
