@@ -45,21 +45,23 @@ CREATE TEMP TABLE chunk_staging (
 -- name: insert_staged_chunks
 -- asyncpg's binary COPY has no tsvector codec, so lexemes arrive as text and are cast here.
 -- $1 BM25 k1, $2 BM25 b: the postings' impact, which only orders a term's postings, uses this
--- batch's average length (queries score candidates with the collection's current average).
+-- batch's average length (queries score with the collection's current average).
 WITH ins AS (
     INSERT INTO chunks (document_id, collection_id, ordinal, text, char_start, char_end,
-                        token_count, lexeme_count, lexemes, lexeme_tf)
+                        token_count, lexeme_count, lexemes)
     SELECT document_id, collection_id, ordinal, text, char_start, char_end,
-           token_count, lexeme_count, lexemes::tsvector, lexeme_tf
+           token_count, lexeme_count, lexemes::tsvector
     FROM chunk_staging
-    RETURNING id, collection_id, lexemes, lexeme_count, lexeme_tf
+    RETURNING id, document_id, ordinal, collection_id, lexemes, lexeme_count
 ), add_postings AS (
-    INSERT INTO postings (chunk_id, lexeme, collection_id, impact)
-    SELECT i.id, kv.key, i.collection_id,
+    INSERT INTO postings (chunk_id, lexeme, collection_id, tf, dl, impact)
+    SELECT i.id, kv.key, i.collection_id, kv.value::integer, i.lexeme_count,
            kv.value::float8 * ($1 + 1)
            / (kv.value::float8 + $1 * (1 - $2 + $2 * i.lexeme_count
                                        / greatest((SELECT avg(lexeme_count) FROM ins), 1)))
-    FROM ins i CROSS JOIN LATERAL jsonb_each_text(i.lexeme_tf) AS kv
+    FROM ins i
+    JOIN chunk_staging s ON s.document_id = i.document_id AND s.ordinal = i.ordinal
+    CROSS JOIN LATERAL jsonb_each_text(s.lexeme_tf) AS kv
 ), per_lexeme AS (
     SELECT i.collection_id, u.lexeme, count(*) AS n
     FROM ins i, unnest(i.lexemes) AS u(lexeme, positions, weights)

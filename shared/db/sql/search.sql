@@ -5,11 +5,12 @@
 -- The filter is the same expression in every query: d.metadata @> alternative, per group.
 -- Hits are documents: the best chunk of each, best first.
 --
--- Lexical ranking is Okapi BM25 over the chunks' Sudachi lexemes: idf from the per-collection
--- statistics, tf from lexeme_tf, length from lexeme_count. Candidates come from the postings:
--- for each query term its best postings by BM25 term weight, read in index order (filtered
--- ones skipped), at most a budget per term; the union is then scored exactly. On collections
--- where no term has more postings than the budget this is exact BM25.
+-- Lexical ranking is Okapi BM25 over the chunks' Sudachi lexemes, idf from the per-collection
+-- statistics and tf and length from the postings. Each query term contributes its best
+-- postings by term weight, read in index order from the index alone (filtered ones skipped),
+-- at most a budget per term. A term with no more postings than the budget contributes to every
+-- chunk that has it, so on such terms the score is exact BM25; a more common term counts only
+-- for its best chunks, where it matters, and its low idf makes the rest negligible.
 
 -- name: search_vector
 -- $5 query vector. {vector_order} is the HNSW index's order (e.embedding <=> $5) for large
@@ -46,11 +47,13 @@ WITH terms AS (
            greatest(cs.lexeme_total::float8 / greatest(cs.chunk_count, 1), 1) AS avgdl
     FROM lexeme_stats s JOIN collection_stats cs ON cs.collection_id = s.collection_id
     WHERE s.collection_id = $1 AND s.lexeme = ANY($5::text[]) AND s.df > 0
-), candidates AS (
-    SELECT DISTINCT top.chunk_id
+), scored AS (
+    SELECT top.chunk_id,
+           sum(t.idf * top.tf * ($6 + 1)
+               / (top.tf + $6 * (1 - $7 + $7 * top.dl / t.avgdl))) AS score
     FROM terms t
     CROSS JOIN LATERAL (
-        SELECT p.chunk_id FROM postings p
+        SELECT p.chunk_id, p.tf, p.dl FROM postings p
         WHERE p.collection_id = $1 AND p.lexeme = t.lexeme
           AND ($2::jsonb = '[]'::jsonb OR EXISTS (
               SELECT 1 FROM chunks fc JOIN documents d ON d.id = fc.document_id
@@ -62,21 +65,13 @@ WITH terms AS (
         ORDER BY p.impact DESC
         LIMIT $8
     ) top
-), scored AS (
-    SELECT c.id AS chunk_id, c.document_id,
-           sum(t.idf * tf.n * ($6 + 1)
-               / (tf.n + $6 * (1 - $7 + $7 * c.lexeme_count / t.avgdl))) AS score
-    FROM candidates k
-    JOIN chunks c ON c.id = k.chunk_id
-    CROSS JOIN terms t
-    CROSS JOIN LATERAL (SELECT (c.lexeme_tf ->> t.lexeme)::float8 AS n) tf
-    WHERE tf.n IS NOT NULL
-    GROUP BY c.id, c.document_id
+    GROUP BY top.chunk_id
     ORDER BY score DESC
     LIMIT $4
 ), best AS (
-    SELECT DISTINCT ON (document_id) document_id, chunk_id, score
-    FROM scored ORDER BY document_id, score DESC
+    SELECT DISTINCT ON (c.document_id) c.document_id, k.chunk_id, k.score
+    FROM scored k JOIN chunks c ON c.id = k.chunk_id
+    ORDER BY c.document_id, k.score DESC
 )
 SELECT d.external_id, d.title, c.text, c.ordinal, b.score, d.metadata
 FROM best b JOIN chunks c ON c.id = b.chunk_id JOIN documents d ON d.id = b.document_id
@@ -108,11 +103,13 @@ WITH vec AS (
            greatest(cs.lexeme_total::float8 / greatest(cs.chunk_count, 1), 1) AS avgdl
     FROM lexeme_stats s JOIN collection_stats cs ON cs.collection_id = s.collection_id
     WHERE s.collection_id = $1 AND s.lexeme = ANY($6::text[]) AND s.df > 0
-), candidates AS (
-    SELECT DISTINCT top.chunk_id
+), lex AS (
+    SELECT top.chunk_id,
+           sum(t.idf * top.tf * ($7 + 1)
+               / (top.tf + $7 * (1 - $9 + $9 * top.dl / t.avgdl))) AS score
     FROM terms t
     CROSS JOIN LATERAL (
-        SELECT p.chunk_id FROM postings p
+        SELECT p.chunk_id, p.tf, p.dl FROM postings p
         WHERE p.collection_id = $1 AND p.lexeme = t.lexeme
           AND ($2::jsonb = '[]'::jsonb OR EXISTS (
               SELECT 1 FROM chunks fc JOIN documents d ON d.id = fc.document_id
@@ -124,28 +121,19 @@ WITH vec AS (
         ORDER BY p.impact DESC
         LIMIT $10
     ) top
-), lex AS (
-    SELECT c.id AS chunk_id, c.document_id,
-           sum(t.idf * tf.n * ($7 + 1)
-               / (tf.n + $7 * (1 - $9 + $9 * c.lexeme_count / t.avgdl))) AS score
-    FROM candidates k
-    JOIN chunks c ON c.id = k.chunk_id
-    CROSS JOIN terms t
-    CROSS JOIN LATERAL (SELECT (c.lexeme_tf ->> t.lexeme)::float8 AS n) tf
-    WHERE tf.n IS NOT NULL
-    GROUP BY c.id, c.document_id
+    GROUP BY top.chunk_id
     ORDER BY score DESC
     LIMIT $4
 ), fused AS (
     SELECT coalesce(v.chunk_id, l.chunk_id) AS chunk_id,
-           coalesce(v.document_id, l.document_id) AS document_id,
            $8 * coalesce(l.score / nullif((SELECT max(score) FROM lex), 0), 0)
            + (1 - $8) * coalesce(greatest(v.score, 0)
                                  / nullif((SELECT max(score) FROM vec), 0), 0) AS score
     FROM vec v FULL JOIN lex l ON l.chunk_id = v.chunk_id
 ), best AS (
-    SELECT DISTINCT ON (document_id) document_id, chunk_id, score
-    FROM fused ORDER BY document_id, score DESC
+    SELECT DISTINCT ON (c.document_id) c.document_id, f.chunk_id, f.score
+    FROM fused f JOIN chunks c ON c.id = f.chunk_id
+    ORDER BY c.document_id, f.score DESC
 )
 SELECT d.external_id, d.title, c.text, c.ordinal, b.score, d.metadata
 FROM best b JOIN chunks c ON c.id = b.chunk_id JOIN documents d ON d.id = b.document_id
