@@ -53,6 +53,28 @@ def cmd_model_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reembed(args: argparse.Namespace) -> int:
+    """Fill the configured model's table from existing chunks, after a model change."""
+    import asyncpg
+
+    from shared.db.queries import Q
+    from shared.taskqueue import enqueue_embed, make_celery_app
+
+    settings = get_settings()
+
+    async def requeue() -> list[int]:
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            return [r["id"] for r in await conn.fetch(Q.requeue_for_embed, args.collection)]
+        finally:
+            await conn.close()
+
+    ids = asyncio.run(requeue())
+    batches = enqueue_embed(make_celery_app(settings), ids, settings.prep_batch_size)
+    print(f"re-embedding {len(ids)} documents in {batches} batches with {settings.model}")
+    return 0
+
+
 # --- serve --------------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
@@ -235,6 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     msub.add_parser("build", help="build the offline Japanese default model").set_defaults(
         func=cmd_model_build
     )
+
+    re_ = sub.add_parser("reembed", help="re-embed indexed documents with the configured model")
+    re_.add_argument("--collection", help="only this collection (default: all)")
+    re_.set_defaults(func=cmd_reembed)
 
     sv = sub.add_parser("serve", help="run the API (host/port from KENSAKU_HOST/KENSAKU_PORT)")
     sv.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")

@@ -14,6 +14,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,6 +208,13 @@ class Stack:
             self.postgres = None
 
     def __enter__(self) -> Stack:
+        # A plain SIGTERM would end this process without running __exit__, leaving the stack's
+        # processes behind; turn it into a normal exit when nothing else handles it.
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        ):
+            signal.signal(signal.SIGTERM, _exit_on_sigterm)
         try:
             self.start()
         except BaseException:
@@ -216,6 +224,10 @@ class Stack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

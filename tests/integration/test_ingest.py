@@ -232,3 +232,42 @@ def test_ndjson_upload(stack: Any, api: httpx.Client, collection: str) -> None:
     assert "malformed JSON" in out["rejected"][0]["error"]
     assert wait_job(api, out["job_id"])["status"] == "done"
     assert counts(stack, collection)["indexed"] == 4
+
+
+def test_reembed_refills_from_existing_chunks(
+    stack: Any, api: httpx.Client, collection: str
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    wait_job(api, upload(api, collection, make_docs(4))["job_id"])
+    before = counts(stack, collection)
+    chunk_ids = db_fetch(
+        stack,
+        "SELECT array_agg(k.id ORDER BY k.id) AS ids FROM chunks k JOIN collections c "
+        "ON c.id = k.collection_id WHERE c.name = $1",
+        collection,
+    )[0]["ids"]
+    env = stack.env() | {"PATH": os.environ["PATH"]}
+    out = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "reembed", "--collection", collection],
+        env=env, capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    assert "re-embedding 4 documents" in out.stdout
+    import time
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and counts(stack, collection)["indexed"] < 4:
+        time.sleep(0.2)
+    assert counts(stack, collection) == before
+    # Prep did not run again: the very same chunk rows were embedded.
+    assert (
+        db_fetch(
+            stack,
+            "SELECT array_agg(k.id ORDER BY k.id) AS ids FROM chunks k JOIN collections c "
+            "ON c.id = k.collection_id WHERE c.name = $1",
+            collection,
+        )[0]["ids"]
+        == chunk_ids
+    )

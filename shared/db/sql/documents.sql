@@ -121,3 +121,11 @@ SELECT 1;
 -- After a bulk load, what autovacuum does soon after: fresh row estimates for the planner and
 -- a visibility map, so the postings index is read without visiting the table.
 VACUUM (ANALYZE);
+
+-- name: requeue_for_embed
+-- After a model change: indexed documents go back to 'prepped' so the new model's table is
+-- filled from the chunks already there (prep does not run again). $1 a collection or NULL.
+UPDATE documents d SET status = 'prepped', updated_at = now()
+FROM collections c
+WHERE c.id = d.collection_id AND d.status = 'indexed' AND ($1::text IS NULL OR c.name = $1)
+RETURNING d.id;
