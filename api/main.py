@@ -21,7 +21,7 @@ from api.routes import documents, health, jobs, search
 from api.routes import metrics as metrics_route
 from api.state import AppState
 from shared.config import Settings, get_settings
-from shared.db.embeddings import ensure_model_table
+from shared.db.embeddings import register_embedder
 from shared.db.pool import create_pool
 from shared.embed.embedder import load_embedder
 from shared.errors import ConfigError, NotFoundError, RejectError
@@ -48,14 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             get_tokenizer()
             # The query model is loaded once here; search never loads it per request.
             embedder = await asyncio.to_thread(load_embedder, settings)
-            table = await ensure_model_table(
-                pool,
-                model=embedder.name,
-                dimension=embedder.dimension,
-                backend=embedder.backend,
-                query_prompt=embedder.query_prompt,
-                document_prompt=embedder.document_prompt,
-            )
+            table = await register_embedder(pool, embedder)
             st = AppState(settings, pool, redis, make_celery_app(settings), embedder, table)
             st.background.append(
                 asyncio.create_task(sweep_forever(pool, redis, st.celery, settings))

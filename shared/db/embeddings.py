@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from typing import Protocol
 
 import asyncpg
 import numpy as np
@@ -95,6 +96,26 @@ async def ensure_model_table(
         if activate:
             await conn.execute(Q.activate_model, model)
         return mt
+
+
+class EmbedderInfo(Protocol):
+    name: str
+    dimension: int
+    backend: str
+    query_prompt: str | None
+    document_prompt: str | None
+
+
+async def register_embedder(pool: asyncpg.Pool, embedder: EmbedderInfo) -> ModelTable:
+    """``ensure_model_table`` for a loaded model, which is then the active one."""
+    return await ensure_model_table(
+        pool,
+        model=embedder.name,
+        dimension=embedder.dimension,
+        backend=embedder.backend,
+        query_prompt=embedder.query_prompt,
+        document_prompt=embedder.document_prompt,
+    )
 
 
 async def replace_embeddings(

@@ -128,7 +128,7 @@ def test_retried_task_changes_nothing(stack: Any, api: httpx.Client, collection:
     import asyncio
 
     from shared.config import Settings
-    from shared.db.embeddings import ensure_model_table
+    from shared.db.embeddings import register_embedder
     from shared.db.pool import create_pool
     from shared.embed.embedder import load_embedder
     from shared.ingest.embed import embed_documents
@@ -142,11 +142,7 @@ def test_retried_task_changes_nothing(stack: Any, api: httpx.Client, collection:
     async def rerun() -> tuple[int, int, int]:
         pool = await create_pool(settings)
         try:
-            table = await ensure_model_table(
-                pool, model=embedder.name, dimension=embedder.dimension,
-                backend=embedder.backend, query_prompt=embedder.query_prompt,
-                document_prompt=embedder.document_prompt,
-            )  # fmt: skip
+            table = await register_embedder(pool, embedder)
             ids = [r["id"] for r in await pool.fetch(
                 "SELECT d.id FROM documents d JOIN collections c ON c.id = d.collection_id "
                 "WHERE c.name = $1", collection)]  # fmt: skip

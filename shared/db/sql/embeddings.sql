@@ -35,4 +35,4 @@ DELETE FROM {table} WHERE chunk_id = ANY($1::bigint[]);
 
 -- name: nearest_chunks
 -- Chunk-level nearest neighbours (the benchmark compares this with and without the index).
-SELECT chunk_id FROM {table} ORDER BY embedding <=> $1 LIMIT $2;
+SELECT chunk_id, embedding <=> $1 AS distance FROM {table} ORDER BY embedding <=> $1 LIMIT $2;
