@@ -34,6 +34,21 @@ class SearchParams:
     filter: dict[str, FilterValue | list[FilterValue]] | None = None
 
 
+def _compose(query: str, vector_param: str | None = None) -> str:
+    """A search query with the shared fragments of search.sql put in, once at import."""
+    sql = (
+        query.replace("{vector_candidates}", Q.fragment_vector_candidates)
+        .replace("{bm25_candidates}", Q.fragment_bm25_candidates)
+        .replace("{best_chunk_per_document}", Q.fragment_best_chunk_per_document)
+    )
+    return sql.replace("{vec}", vector_param) if vector_param else sql
+
+
+SEARCH_VECTOR = _compose(Q.search_vector, "$5")
+SEARCH_LEXICAL = _compose(Q.search_lexical)
+SEARCH_HYBRID = _compose(Q.search_hybrid, "$9")
+
+
 def filter_groups(flt: dict[str, FilterValue | list[FilterValue]] | None) -> str:
     """The metadata filter as jsonb for the SQL: every key must match, a list means any-of."""
     groups = []
@@ -62,34 +77,26 @@ async def search(
     lexemes = sorted(set(query_lexemes(params.query)))
     common = (collection_id, flt, params.top_k, candidates)
 
+    lexical_args = (
+        lexemes,
+        settings.bm25_k1,
+        settings.bm25_b,
+        settings.lexical_postings_per_term,
+    )
     if params.mode == "lexical":
-        rows = (
-            await pool.fetch(
-                Q.search_lexical,
-                *common,
-                lexemes,
-                settings.bm25_k1,
-                settings.bm25_b,
-                settings.lexical_postings_per_term,
-            )
-            if lexemes
-            else []
-        )
+        rows = await pool.fetch(SEARCH_LEXICAL, *common, *lexical_args) if lexemes else []
     else:
         # Off the event loop: the endpoint keeps serving other requests meanwhile.
         vector = await asyncio.to_thread(embedder.encode_query, params.query)
         if params.mode == "vector":
-            rows = await pool.fetch(table.sql(Q.search_vector, exact=exact), *common, vector)
+            rows = await pool.fetch(table.sql(SEARCH_VECTOR, exact=exact), *common, vector)
         else:
             rows = await pool.fetch(
-                table.sql(Q.search_hybrid, exact=exact),
+                table.sql(SEARCH_HYBRID, exact=exact),
                 *common,
+                *lexical_args,
                 vector,
-                lexemes,
-                settings.bm25_k1,
                 settings.hybrid_lexical_weight,
-                settings.bm25_b,
-                settings.lexical_postings_per_term,
             )
     took = time.perf_counter() - started
     metrics.observe_search(params.mode, took)

@@ -43,7 +43,7 @@ class ModelTable:
             table=self.table,
             vector_type=self.vector_type,
             opclass=f"{kind}_cosine_ops",
-            vector_order="(e.embedding <=> $5) + 0" if exact else "e.embedding <=> $5",
+            exact_scan=" + 0" if exact else "",
         )
 
 

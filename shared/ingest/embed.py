@@ -36,7 +36,6 @@ class DocumentEncoder(Protocol):
 @dataclass
 class EmbedResult:
     indexed: list[int] = field(default_factory=list)
-    failed: list[int] = field(default_factory=list)
     skipped: int = 0
     chunks: int = 0
 
@@ -74,9 +73,7 @@ async def embed_documents(
             if r["version"] == versions[r["id"]] and r["status"] == "prepped"
         }
         keep = [i for i, r in enumerate(rows) if r["document_id"] in live]
-        await replace_embeddings(
-            conn, table, [chunk_ids[i] for i in keep], vectors[keep] if keep else vectors[:0]
-        )
+        await replace_embeddings(conn, table, [chunk_ids[i] for i in keep], vectors[keep])
         result.indexed = sorted(live)
         result.skipped += len(versions) - len(live)
         result.chunks = len(keep)
