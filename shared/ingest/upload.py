@@ -7,7 +7,6 @@ documents are pending in Postgres and the sweeper enqueues them later.
 
 from __future__ import annotations
 
-import logging
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Sized
 from dataclasses import dataclass, field
@@ -16,8 +15,6 @@ import asyncpg
 
 from shared.db.queries import Q
 from shared.ingest.validate import ValidDocument
-
-log = logging.getLogger(__name__)
 
 _STAGING_COLUMNS = ["external_id", "title", "body", "metadata", "content_hash"]
 
@@ -57,7 +54,11 @@ async def store_upload(
         tx = conn.transaction()
         await tx.start()
         try:
-            collection_id = await conn.fetchval(Q.upsert_collection, collection)
+            # Look up first: the upsert locks the collection's row until commit, which would
+            # make concurrent uploads to one collection wait for each other.
+            collection_id = await conn.fetchval(Q.collection_id, collection) or await conn.fetchval(
+                Q.upsert_collection, collection
+            )
             await conn.execute(Q.create_upload_staging)
             await conn.copy_records_to_table(
                 "upload_staging", records=records(), columns=_STAGING_COLUMNS
