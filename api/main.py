@@ -24,7 +24,7 @@ from shared.config import Settings, get_settings
 from shared.db.embeddings import register_embedder
 from shared.db.pool import create_pool
 from shared.embed.embedder import load_embedder
-from shared.errors import ConfigError, NotFoundError, RejectError
+from shared.errors import ConfigError, NotFoundError, RejectError, RetryableError
 from shared.ingest.sweep import sweep_forever
 from shared.logging import configure_logging
 from shared.metrics import PrometheusMiddleware
@@ -94,6 +94,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(NotFoundError)
     async def _not_found(_: Request, exc: NotFoundError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(RetryableError)
+    async def _unavailable(_: Request, exc: RetryableError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
 
     @app.exception_handler(ConfigError)
     async def _config(_: Request, exc: ConfigError) -> JSONResponse:

@@ -12,6 +12,7 @@ from celery import Celery
 from shared.config import Settings
 from shared.db.embeddings import ModelTable
 from shared.embed.embedder import Embedder
+from shared.search import CollectionCache
 
 
 @dataclass
@@ -22,4 +23,5 @@ class AppState:
     celery: Celery
     embedder: Embedder
     table: ModelTable
+    collections: CollectionCache = field(default_factory=CollectionCache)
     background: list[asyncio.Task[None]] = field(default_factory=list)

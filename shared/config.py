@@ -63,22 +63,45 @@ class Settings(BaseSettings):
     embed_token_budget: int = Field(16_384, ge=64)
     trust_remote_code: bool = False
 
-    # --- search ---------------------------------------------------------------------------
+    # --- vectors --------------------------------------------------------------------------
+    # What one vector stands for: "sentence" (each sentence of a chunk, with the title) or
+    # "chunk". auto: sentences for bag-of-words models (the default; ja_dev vector MRR@10 0.651
+    # against 0.458 per paragraph), chunks for transformers.
+    vector_unit: Literal["auto", "chunk", "sentence"] = "auto"
+    # A collection's vectors get an HNSW index once it holds this many (built when a job
+    # finishes); below, the partition is scanned exactly.
+    hnsw_min_rows: int = Field(10_000, ge=0)
+    hnsw_build_memory_mb: int = Field(512, ge=64)
+    hnsw_build_workers: int = Field(1, ge=0, le=64)
     # HNSW recall@10 against exact search at 100k chunks: 0.962 at 100, 0.978 at 200, 0.992 at
-    # 400 (vector p50 8.4 -> 11.3 ms from 200 to 400; bench/RESULTS.md).
+    # 400 (bench/RESULTS.md).
     hnsw_ef_search: int = Field(400, ge=1, le=1000)
-    # Collections with fewer chunks are searched exactly (a full scan of a few thousand vectors
-    # takes milliseconds and has perfect recall); larger ones through the HNSW index.
-    exact_search_below: int = Field(5000, ge=0)
-    # Chunks each channel hands to the best-chunk grouping and the fusion (at least 4 × top_k).
-    search_candidates: int = Field(50, ge=10, le=10_000)
-    # Convex fusion weights for hybrid mode (score-normalized lexical and vector channels).
-    hybrid_lexical_weight: float = Field(0.7, ge=0.0, le=1.0)
-    bm25_k1: float = Field(1.2, ge=0.0)
-    bm25_b: float = Field(0.75, ge=0.0, le=1.0)
-    # Lexical candidates: the best postings of each query term (by BM25 term weight); the union
-    # is scored exactly. Bounds BM25's work however common the terms are.
-    lexical_postings_per_term: int = Field(500, ge=10, le=100_000)
+
+    # --- search ---------------------------------------------------------------------------
+    # Chunks each channel hands to the exact re-scoring and the fusion (at least 4 × top_k).
+    search_candidates: int = Field(100, ge=10, le=10_000)
+    # Lexical candidates come from the best postings of each query word (by BM25 weight); the
+    # candidates are then scored exactly. 200 gave the exact ranking on ja_dev (100: -0.002).
+    lexical_postings_per_term: int = Field(200, ge=10, le=100_000)
+    # At most this many distinct words and bigrams of a query are used (the rarest kept).
+    max_query_terms: int = Field(64, ge=1, le=1024)
+    # BM25 per field, fitted on ja_dev with `kensaku-bench tune` (bench/RESULTS.md). Applied when
+    # a chunk is prepped: changing them takes effect for documents prepped afterwards
+    # (`kensaku reindex` re-preps a collection). avgdl is a fixed stand-in for the collection's
+    # average length (shared/text/terms.py says why); ja_dev's chunks average 186 words and
+    # 163 bigrams.
+    bm25_word_k1: float = Field(0.5, gt=0.0)
+    bm25_word_b: float = Field(0.65, ge=0.0, le=1.0)
+    bm25_word_avgdl: float = Field(150.0, gt=0.0)
+    bm25_bigram_k1: float = Field(0.6, gt=0.0)
+    bm25_bigram_b: float = Field(0.9, ge=0.0, le=1.0)
+    bm25_bigram_avgdl: float = Field(150.0, gt=0.0)
+    # Query-time weights: the bigram field's share of the lexical score, and the cosine's weight
+    # in hybrid (score = lexical + weight * cosine of the best sentence).
+    bigram_weight: float = Field(0.5, ge=0.0)
+    hybrid_vector_weight: float = Field(6.0, ge=0.0)
+    # A search statement running longer than this is cancelled (a 503 the client may retry).
+    search_timeout_ms: int = Field(5000, ge=10)
 
     # --- operations -----------------------------------------------------------------------
     log_level: str = "INFO"

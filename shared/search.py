@@ -1,5 +1,6 @@
-"""The query path: normalize, tokenize and embed the query with the same pipeline and model as
-ingestion, then rank in PostgreSQL in one round trip (vector, lexical BM25, or fused hybrid).
+"""The query path: normalize, analyze and embed the query with the same pipeline and model as
+ingestion, then rank in PostgreSQL in one round trip (vector, lexical BM25, or hybrid); the SQL
+and its measured choices are in shared/db/sql/search.sql.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from shared.config import Settings
 from shared.db.embeddings import ModelTable
 from shared.db.queries import Q
 from shared.embed.embedder import Embedder
-from shared.errors import NotFoundError
-from shared.text.pipeline import query_lexemes
+from shared.errors import NotFoundError, RetryableError
+from shared.text.pipeline import query_terms
+from shared.text.terms import BIGRAM, WORD, bigram_idf, term_dimension
 
 Mode = Literal["hybrid", "vector", "lexical"]
-MODES: tuple[Mode, ...] = ("hybrid", "vector", "lexical")
 FilterValue = str | int | float | bool
 
 
@@ -34,19 +35,32 @@ class SearchParams:
     filter: dict[str, FilterValue | list[FilterValue]] | None = None
 
 
-def _compose(query: str, vector_param: str | None = None) -> str:
-    """A search query with the shared fragments of search.sql put in, once at import."""
+def _compose(query: str, *, filtered: bool, vec: str) -> str:
+    """A search query with the shared fragments of search.sql put in (once, at import)."""
     sql = (
-        query.replace("{vector_candidates}", Q.fragment_vector_candidates)
-        .replace("{bm25_candidates}", Q.fragment_bm25_candidates)
-        .replace("{best_chunk_per_document}", Q.fragment_best_chunk_per_document)
+        query.replace("{lexical}", Q.fragment_lexical)
+        .replace("{vector}", Q.fragment_vector)
+        .replace("{best_per_document}", Q.fragment_best_per_document)
     )
-    return sql.replace("{vec}", vector_param) if vector_param else sql
+    if filtered:
+        sql = sql.replace("{posting_filter}", Q.fragment_posting_filter)
+        sql = sql.replace("{vector_filter}", Q.fragment_vector_filter)
+    else:
+        # A constant test keeps $4 typed and is evaluated once; the joins disappear.
+        sql = sql.replace("{posting_filter}", "AND $4::jsonb IS NOT NULL")
+        sql = sql.replace("{vector_filter}", "WHERE e.collection_id = $1 AND $4::jsonb IS NOT NULL")
+    return sql.replace("{vec}", vec)
 
 
-SEARCH_VECTOR = _compose(Q.search_vector, "$5")
-SEARCH_LEXICAL = _compose(Q.search_lexical)
-SEARCH_HYBRID = _compose(Q.search_hybrid, "$9")
+_QUERIES: dict[tuple[Mode, bool], str] = {
+    (mode, filtered): _compose(query, filtered=filtered, vec=vec)
+    for mode, query, vec in (
+        ("lexical", Q.search_lexical, ""),
+        ("vector", Q.search_vector, "$5"),
+        ("hybrid", Q.search_hybrid, "$11"),
+    )
+    for filtered in (False, True)
+}
 
 
 def filter_groups(flt: dict[str, FilterValue | list[FilterValue]] | None) -> str:
@@ -58,46 +72,113 @@ def filter_groups(flt: dict[str, FilterValue | list[FilterValue]] | None) -> str
     return json.dumps(groups, ensure_ascii=False)
 
 
+@dataclass(frozen=True)
+class CollectionInfo:
+    id: int
+    has_vectors: bool
+
+
+class CollectionCache:
+    """Collection name → id and whether its vector partition exists, kept for a few seconds so
+    a search is one round trip. A collection's id never changes while it exists; a partition
+    appears with the collection's first vectors."""
+
+    def __init__(self, ttl: float = 5.0) -> None:
+        self.ttl = ttl
+        self._entries: dict[tuple[str, str], tuple[float, CollectionInfo]] = {}
+
+    async def get(self, pool: asyncpg.Pool, table: ModelTable, name: str) -> CollectionInfo:
+        key = (table.table, name)
+        now = time.monotonic()
+        hit = self._entries.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        cid = await pool.fetchval(Q.collection_id, name)
+        if cid is None:
+            self._entries.pop(key, None)
+            raise NotFoundError(f"collection {name!r} not found")
+        state = await pool.fetchrow(Q.partition_state, table.partition(cid), table.index(cid))
+        info = CollectionInfo(int(cid), bool(state and state["present"]))
+        # Without vectors yet, look again soon: the first ones may be a moment away.
+        self._entries[key] = (now + (self.ttl if info.has_vectors else 1.0), info)
+        if len(self._entries) > 10_000:
+            self._entries.clear()
+        return info
+
+
+@dataclass(frozen=True)
+class LexicalQuery:
+    words: list[str]
+    word_dims: list[int]
+    bigram_dims: list[int]
+    bigram_weights: list[float]
+
+
+def lexical_query(text: str, settings: Settings) -> LexicalQuery:
+    """The query's words (the SQL keeps the rarest ``max_query_terms`` the collection has) and
+    bigrams (the ``max_query_terms`` with the highest reference idf), deduplicated."""
+    terms = query_terms(text)
+    words = list(dict.fromkeys(terms.words))
+    grams = sorted(set(terms.grams), key=lambda g: (-bigram_idf(g), g))
+    grams = grams[: settings.max_query_terms]
+    return LexicalQuery(
+        words,
+        [term_dimension(WORD, w) for w in words],
+        [term_dimension(BIGRAM, g) for g in grams],
+        [settings.bigram_weight * bigram_idf(g) for g in grams],
+    )
+
+
 async def search(
     pool: asyncpg.Pool,
     embedder: Embedder,
     table: ModelTable,
     settings: Settings,
     params: SearchParams,
+    collections: CollectionCache,
 ) -> dict[str, Any]:
     started = time.perf_counter()
-    found = await pool.fetchrow(Q.collection_for_search, params.collection)
-    if found is None:
-        raise NotFoundError(f"collection {params.collection!r} not found")
-    collection_id = found["id"]
-    exact = found["chunk_count"] < settings.exact_search_below
+    info = await collections.get(pool, table, params.collection)
     flt = filter_groups(params.filter)
+    filtered = flt != "[]"
     # Enough chunk candidates that top_k distinct documents survive the best-chunk grouping.
     candidates = max(settings.search_candidates, params.top_k * 4)
-    lexemes = sorted(set(query_lexemes(params.query)))
-    common = (collection_id, flt, params.top_k, candidates)
-
-    lexical_args = (
-        lexemes,
-        settings.bm25_k1,
-        settings.bm25_b,
-        settings.lexical_postings_per_term,
-    )
-    if params.mode == "lexical":
-        rows = await pool.fetch(SEARCH_LEXICAL, *common, *lexical_args) if lexemes else []
-    else:
-        # Off the event loop: the endpoint keeps serving other requests meanwhile.
-        vector = await asyncio.to_thread(embedder.encode_query, params.query)
-        if params.mode == "vector":
-            rows = await pool.fetch(table.sql(SEARCH_VECTOR, exact=exact), *common, vector)
-        else:
-            rows = await pool.fetch(
-                table.sql(SEARCH_HYBRID, exact=exact),
-                *common,
-                *lexical_args,
-                vector,
-                settings.hybrid_lexical_weight,
-            )
+    common = (info.id, params.top_k, candidates, flt)
+    mode = params.mode
+    if mode == "hybrid" and not info.has_vectors:
+        mode = "lexical"  # nothing embedded yet: lexical ranking is all there is
+    rows: list[asyncpg.Record] = []
+    timeout = settings.search_timeout_ms / 1000
+    try:
+        if mode == "lexical":
+            q = lexical_query(params.query, settings)
+            if q.words:
+                rows = await pool.fetch(
+                    _QUERIES[("lexical", filtered)],
+                    *common,
+                    *_lexical_args(q, settings),
+                    timeout=timeout,
+                )
+        elif info.has_vectors:
+            # Off the event loop: the endpoint keeps serving other requests meanwhile.
+            vector = await asyncio.to_thread(embedder.encode_query, params.query)
+            sql = table.sql(_QUERIES[(mode, filtered)], info.id)
+            if mode == "vector":
+                rows = await pool.fetch(sql, *common, vector, timeout=timeout)
+            else:
+                q = lexical_query(params.query, settings)
+                rows = await pool.fetch(
+                    sql,
+                    *common,
+                    *_lexical_args(q, settings),
+                    vector,
+                    settings.hybrid_vector_weight,
+                    timeout=timeout,
+                )
+    except (TimeoutError, asyncpg.QueryCanceledError) as exc:
+        raise RetryableError(
+            f"search took longer than {settings.search_timeout_ms} ms (search_timeout_ms)"
+        ) from exc
     took = time.perf_counter() - started
     metrics.observe_search(params.mode, took)
     return {
@@ -115,3 +196,14 @@ async def search(
         "took_ms": round(took * 1000, 3),
         "mode": params.mode,
     }
+
+
+def _lexical_args(q: LexicalQuery, settings: Settings) -> tuple[Any, ...]:
+    return (
+        q.words,
+        q.word_dims,
+        q.bigram_dims,
+        q.bigram_weights,
+        settings.lexical_postings_per_term,
+        settings.max_query_terms,
+    )

@@ -11,7 +11,15 @@ from collections.abc import Sequence
 from celery import Celery
 
 from shared.config import Settings
-from shared.queues import EMBED_QUEUE, EMBED_TASK, PREP_QUEUE, PREP_TASK, TASK_ROUTES
+from shared.queues import (
+    EMBED_QUEUE,
+    EMBED_TASK,
+    FINALIZE_TASK,
+    MAINTAIN_QUEUE,
+    PREP_QUEUE,
+    PREP_TASK,
+    TASK_ROUTES,
+)
 
 
 def make_celery_app(settings: Settings) -> Celery:
@@ -51,8 +59,9 @@ def _enqueue(
     batches = _batches(ids, batch_size)
     with app.producer_or_acquire() as producer:
         for batch in batches:
-            app.send_task(task, args=[batch], kwargs={"job_id": job_id}, queue=queue,
-                          producer=producer)  # fmt: skip
+            app.send_task(
+                task, args=[batch], kwargs={"job_id": job_id}, queue=queue, producer=producer
+            )
     return len(batches)
 
 
@@ -66,3 +75,11 @@ def enqueue_embed(
     app: Celery, ids: Sequence[int], batch_size: int, job_id: str | None = None
 ) -> int:
     return _enqueue(app, EMBED_TASK, EMBED_QUEUE, ids, batch_size, job_id)
+
+
+def enqueue_finalize(app: Celery, job_ids: Sequence[object]) -> None:
+    with app.producer_or_acquire() as producer:
+        for job_id in job_ids:
+            app.send_task(
+                FINALIZE_TASK, args=[str(job_id)], queue=MAINTAIN_QUEUE, producer=producer
+            )

@@ -52,4 +52,4 @@ class SearchRequest(BaseModel):
 async def search_route(request: Request, body: SearchRequest) -> dict[str, Any]:
     st = state_of(request)
     params = SearchParams(body.query, body.collection, body.top_k, body.mode, body.filter)
-    return await search(st.pool, st.embedder, st.table, st.settings, params)
+    return await search(st.pool, st.embedder, st.table, st.settings, params, st.collections)

@@ -48,20 +48,17 @@ async def delete_document(pool: asyncpg.Pool, collection: str, external_id: str)
         doc_id = await conn.fetchval(Q.lock_document, collection, external_id)
         if doc_id is None:
             raise NotFoundError(f"document {external_id!r} not found in collection {collection!r}")
-        await conn.execute(Q.delete_chunks_with_stats, [doc_id])
         await conn.execute(Q.delete_document_row, doc_id)
 
 
-def _job_state(total: int, queued: int, prepped: int, failed: int) -> str:
-    pending = queued + prepped
-    if total == 0:
-        return "done"
-    if pending == 0:
+def _job_state(total: int, pending: int, queued: int, failed: int, finished: bool) -> str:
+    if total == 0 or (pending == 0 and finished):
         if failed == 0:
             return "done"
         return "failed" if failed >= total else "partial"
-    if pending >= total and prepped == 0:
+    if pending >= total and queued == pending:
         return "queued"
+    # Nothing pending but not finished yet: the finalize step (VACUUM, vector index) is running.
     return "running"
 
 
@@ -74,22 +71,21 @@ async def job_status(pool: asyncpg.Pool, job_id: str) -> dict[str, Any]:
     if row is None:
         raise NotFoundError(f"job {job_id!r} not found")
     total = row["total"]
-    queued, prepped, failed = row["queued"], row["prepped"], row["failed"]
-    # Documents re-uploaded by a later job belong to that job now; for this one they are done.
-    indexed = max(0, total - queued - prepped - failed)
-    state = _job_state(total, queued, prepped, failed)
+    queued, prepped, indexed, failed = row["queued"], row["prepped"], row["indexed"], row["failed"]
     finished_at = row["finished_at"]
-    if state in ("done", "partial", "failed") and finished_at is None:
-        finished_at = await pool.fetchval(Q.mark_job_finished, jid) or finished_at
+    state = _job_state(total, queued + prepped, queued, failed, finished_at is not None)
     errors = await pool.fetch(Q.job_errors, jid, JOB_ERRORS_SHOWN)
     return {
         "job_id": str(jid),
         "collection": row["collection"],
         "status": state,
         "total": total,
+        "queued": queued,
         "prepped": indexed + prepped,
         "indexed": indexed,
         "failed": failed,
+        # Re-uploaded under a later job, or deleted, before this job finished them.
+        "superseded": max(0, total - queued - prepped - indexed - failed),
         "unchanged": row["unchanged"],
         "rejected": row["rejected"],
         "errors": [

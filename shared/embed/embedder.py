@@ -65,6 +65,7 @@ class Embedder:
         backend: str = "torch",
         device: str = "cpu",
         token_budget: int = 16_384,
+        vector_unit: str = "auto",
     ) -> None:
         self.model = model
         self.name = name
@@ -90,6 +91,10 @@ class Embedder:
         # A model whose input is the text pipeline's own lexemes (the default static model) can
         # embed the lexemes prep already stored with each chunk, without tokenizing again.
         self.takes_lexemes = hasattr(first, "features_from_lexemes") and not self.document_prompt
+        # A bag of words blurs over a paragraph; a transformer reads it (pipeline.py docstring).
+        if vector_unit == "auto":
+            vector_unit = "sentence" if self.takes_lexemes else "chunk"
+        self.vector_unit = vector_unit
         seq = model.max_seq_length
         self.max_seq_length: int | None = (
             int(seq) if isinstance(seq, int | float) and math.isfinite(seq) and seq > 0 else None
@@ -193,6 +198,7 @@ class Embedder:
             "backend": self.backend,
             "device": self.device,
             "max_seq_length": self.max_seq_length,
+            "vector_unit": self.vector_unit,
             "query_prompt": self.query_prompt,
             "document_prompt": self.document_prompt,
         }
@@ -318,7 +324,12 @@ def load_embedder(settings: Settings) -> Embedder:
         model.half()
     model.eval()
     embedder = Embedder(
-        model, name=name, backend=backend, device=device, token_budget=settings.embed_token_budget
+        model,
+        name=name,
+        backend=backend,
+        device=device,
+        token_budget=settings.embed_token_budget,
+        vector_unit=settings.vector_unit,
     )
     log.info("embedding model loaded: %s", embedder.describe())
     return embedder

@@ -1,34 +1,30 @@
-"""A sentence-transformers input module: Sudachi lexemes → static word vectors → mean.
+"""A sentence-transformers input module: Sudachi lexemes → weighted static word vectors → sum.
 
 The default Japanese model (``kensaku/chive-sudachi-300``) is
 ``SentenceTransformer(modules=[SudachiStaticEmbedding, Normalize])``. Its "tokenizer" is the
 project's own text pipeline: :func:`shared.text.normalize.normalize` and
-:meth:`shared.text.tokenize.Tokenizer.lexemes`, i.e. the very same lowercased normalized forms of
-content words that the lexical index stores. Each lexeme is looked up in a word → row table
-(chiVe vocabulary, 480k words sharing 20k vectors) and the rows are averaged; the ``Normalize``
-module after it makes the result unit length, so the mean and the sum give the same vector.
+:meth:`shared.text.tokenize.Tokenizer.lexemes`, the lowercased normalized forms of content words.
+Each lexeme is looked up in a word → (row, weight) table (chiVe vocabulary, 480k words sharing
+20k vectors) and the weighted rows are summed; the ``Normalize`` module after it makes the
+result unit length.
 
-Plain mean, measured on bench/data/ja_eval (73 passages, 186 questions, title + text embedded):
-MRR@10 0.900, R@10 0.995 (the packaged English MiniLM: 0.447 / 0.710). Tried and not adopted,
-because none beat the plain mean by more than one or two questions (noise on this set): SIF
-weights a/(a+p) with p from the chiVe row rank (best a=3e-4: 0.910), removing the first
-principal component of the table (0.905), idf weights from the corpus itself (0.905), re-keying
-chiVe words through today's Sudachi dictionary (+414 keys: 0.900), falling back to the
-characters of unknown words (0.891, worse). 98% of lexeme occurrences in that set have a vector.
+The weights and the table are what `kensaku model build` makes of chiVe (SIF, Arora et al. 2017):
+each word weighs ``a / (a + p(w))`` with ``p`` its frequency in a reference corpus, so frequent
+words count for little, and the table's first principal components (the direction every text
+shares) are projected out of every row. See ``build_default.py`` for the measured choices.
 
 Lexemes without a vector are skipped. A text with no known lexeme at all (empty, only symbols,
 only unknown words) gets the last row of the table, a fixed "unknown" vector, so that no text
 embeds to the zero vector (a zero vector has no cosine distance in pgvector).
 
-Saved as ``model.safetensors`` (``embedding.weight``), ``vocab.txt`` (``word<TAB>row`` lines,
-sorted) and ``sudachi_static_config.json``; loaded by ``SentenceTransformer(path,
+Saved as ``model.safetensors`` (``embedding.weight``), ``vocab.txt`` (``word<TAB>row<TAB>weight``
+lines, sorted) and ``sudachi_static_config.json``; loaded by ``SentenceTransformer(path,
 trust_remote_code=True)`` (sentence-transformers 6 requires the flag for any module class outside
 its own package, local directories included).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,7 +47,7 @@ WEIGHTS_FILE = "model.safetensors"
 
 
 class SudachiStaticEmbedding(InputModule):
-    """Mean of static word vectors over the Sudachi lexemes of each text."""
+    """Weighted sum of static word vectors over the Sudachi lexemes of each text."""
 
     config_file_name = "sudachi_static_config.json"
     config_keys = ["embedding_dim", "split_mode", "unk_row"]  # noqa: RUF012 (base declares it)
@@ -63,6 +59,7 @@ class SudachiStaticEmbedding(InputModule):
         embedding_weights: np.ndarray | torch.Tensor,
         split_mode: str = SPLIT_MODE,
         unk_row: int | None = None,
+        word_weights: dict[str, float] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__()
@@ -74,7 +71,7 @@ class SudachiStaticEmbedding(InputModule):
                 f"this model was built for Sudachi split mode {split_mode}, the text pipeline "
                 f"uses mode {SPLIT_MODE}; rebuild the model (kensaku model build)"
             )
-        self.embedding = nn.EmbeddingBag.from_pretrained(weights, freeze=True, mode="mean")
+        self.embedding = nn.EmbeddingBag.from_pretrained(weights, freeze=True, mode="sum")
         self.embedding_dim = int(weights.shape[1])
         self.num_embeddings = int(weights.shape[0])
         self.unk_row = self.num_embeddings - 1 if unk_row is None else int(unk_row)
@@ -82,31 +79,36 @@ class SudachiStaticEmbedding(InputModule):
             raise ValueError(f"unk_row {self.unk_row} outside the table of {self.num_embeddings}")
         self.split_mode = split_mode
         self.vocab = vocab
+        # Words without a weight (a model built without a frequency table) weigh 1: a mean.
+        self.word_weights = word_weights or {}
 
     # --- text → rows --------------------------------------------------------------------------
     def lexemes(self, text: str) -> list[str]:
         """The lexemes this model embeds for ``text`` (the lexical index's lexemes)."""
         return get_tokenizer().lexemes(normalize(text))
 
-    def rows(self, text: str) -> list[int]:
-        return self.rows_from_lexemes(self.lexemes(text))
-
-    def rows_from_lexemes(self, lexemes: Sequence[str]) -> list[int]:
-        vocab = self.vocab
-        found = [r for r in map(vocab.get, lexemes) if r is not None]
-        return found or [self.unk_row]
-
     def features_from_lexemes(self, docs: Sequence[Sequence[str]]) -> dict[str, torch.Tensor]:
-        """Model input from lexemes computed earlier (prep stores them with each chunk): the
+        """Model input from lexemes computed earlier (prep has them for each vector unit): the
         same features ``preprocess`` makes from text, without running Sudachi again."""
+        vocab, weights = self.vocab, self.word_weights
         ids: list[int] = []
+        per_sample: list[float] = []
         offsets: list[int] = []
         for lexemes in docs:
             offsets.append(len(ids))
-            ids.extend(self.rows_from_lexemes(lexemes))
+            start = len(ids)
+            for lex in lexemes:
+                row = vocab.get(lex)
+                if row is not None:
+                    ids.append(row)
+                    per_sample.append(weights.get(lex, 1.0))
+            if len(ids) == start:
+                ids.append(self.unk_row)
+                per_sample.append(1.0)
         return {
             "input_ids": torch.tensor(ids, dtype=torch.long),
             "offsets": torch.tensor(offsets, dtype=torch.long),
+            "per_sample_weights": torch.tensor(per_sample, dtype=torch.float32),
         }
 
     def count_tokens(self, text: str) -> int:
@@ -122,7 +124,11 @@ class SudachiStaticEmbedding(InputModule):
         return self.features_from_lexemes([self.lexemes(t) for t in texts])
 
     def forward(self, features: dict[str, torch.Tensor], **kwargs: Any) -> dict[str, torch.Tensor]:
-        features["sentence_embedding"] = self.embedding(features["input_ids"], features["offsets"])
+        features["sentence_embedding"] = self.embedding(
+            features["input_ids"],
+            features["offsets"],
+            per_sample_weights=features["per_sample_weights"],
+        )
         return features
 
     @property
@@ -143,7 +149,7 @@ class SudachiStaticEmbedding(InputModule):
         self.save_config(output_path)
         with open(out / VOCAB_FILE, "w", encoding="utf-8", newline="\n") as f:
             for word in sorted(self.vocab):
-                f.write(f"{word}\t{self.vocab[word]}\n")
+                f.write(f"{word}\t{self.vocab[word]}\t{self.word_weights.get(word, 1.0):.6g}\n")
 
     @classmethod
     def load(
@@ -172,22 +178,25 @@ class SudachiStaticEmbedding(InputModule):
                 f"{model_name_or_path}: {WEIGHTS_FILE} or {VOCAB_FILE} missing; rebuild the model"
             )
         weights = load_safetensors_file(weights_path)["embedding.weight"]
+        vocab, word_weights = read_vocab(vocab_path)
         return cls(
-            read_vocab(vocab_path),
+            vocab,
             weights,
             split_mode=config.get("split_mode", SPLIT_MODE),
             unk_row=config.get("unk_row"),
+            word_weights=word_weights,
         )
 
 
-def read_vocab(path: str | os.PathLike[str]) -> dict[str, int]:
+def read_vocab(path: str | os.PathLike[str]) -> tuple[dict[str, int], dict[str, float]]:
+    """(word → row, word → weight) from ``word<TAB>row[<TAB>weight]`` lines (words never hold
+    whitespace: the build drops such keys)."""
     vocab: dict[str, int] = {}
+    weights: dict[str, float] = {}
     with open(path, encoding="utf-8") as f:
         for line in f:
-            word, _, row = line.rstrip("\n").rpartition("\t")
+            word, row, *weight = line.rstrip("\n").split("\t")
             vocab[word] = int(row)
-    return vocab
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, ensure_ascii=False, indent=2, sort_keys=True) + "\n", "utf-8")
+            if weight:
+                weights[word] = float(weight[0])
+    return vocab, weights

@@ -1,11 +1,13 @@
-"""The embed stage: load the chunks of prepped documents, encode them in length-sorted,
-token-budget batches, and bulk-load the vectors with binary COPY into the model's table.
+"""The embed stage: load the chunks of prepped documents, encode their vector units (the chunk,
+or each sentence for a bag-of-words model) in length-sorted, token-budget batches, and bulk-load
+the vectors with binary COPY into the collection's partition of the model's table.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -13,11 +15,11 @@ import asyncpg
 import numpy as np
 
 from shared import metrics
-from shared.db.embeddings import ModelTable, replace_embeddings
+from shared.db.embeddings import ModelTable, ensure_partition, replace_embeddings
 from shared.db.queries import Q
 from shared.db.retry import retry_transaction
 from shared.ingest.prep import record_failure
-from shared.text.pipeline import embedding_input
+from shared.text.pipeline import embedding_input, unit_texts
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +27,9 @@ STAGE = "embed"
 
 
 class DocumentEncoder(Protocol):
-    takes_lexemes: bool
     device: str
 
     def encode_documents(self, texts: list[str]) -> np.ndarray: ...
-
-    def encode_lexemes(self, docs: list[list[str]]) -> np.ndarray: ...
 
 
 @dataclass
@@ -38,32 +37,37 @@ class EmbedResult:
     indexed: list[int] = field(default_factory=list)
     skipped: int = 0
     chunks: int = 0
+    jobs: set[uuid.UUID] = field(default_factory=set)
+
+
+def unit_inputs(table: ModelTable, title: str, text: str) -> list[str]:
+    """The embedding inputs of one chunk: one per sentence or one for the chunk, as the model's
+    table was made."""
+    if table.vector_unit == "sentence":
+        return [embedding_input(title, s) for s in unit_texts(text)]
+    return [embedding_input(title, text)]
 
 
 async def embed_documents(
     pool: asyncpg.Pool, encoder: DocumentEncoder, table: ModelTable, doc_ids: list[int]
 ) -> EmbedResult:
     result = EmbedResult()
-    # A model that takes the pipeline's lexemes reads those prep stored instead of the text,
-    # so no chunk is tokenized twice.
-    query = Q.load_lexemes_for_embed if encoder.takes_lexemes else Q.load_for_embed
-    rows = await pool.fetch(query, doc_ids)
+    rows = await pool.fetch(Q.load_for_embed, doc_ids)
     versions = {r["document_id"]: r["version"] for r in rows}
-    chunk_ids = [r["chunk_id"] for r in rows]
     result.skipped = len(set(doc_ids)) - len(versions)
     if not rows:
         return result
 
+    inputs = [unit_inputs(table, r["title"], r["text"]) for r in rows]
     started = time.perf_counter()
     # A model failure on a whole batch is most likely transient (OOM, device): it propagates so
     # the task retries; after the last retry the task marks the documents failed.
-    if encoder.takes_lexemes:
-        vectors = encoder.encode_lexemes([list(r["lexemes"]) for r in rows])
-    else:
-        vectors = encoder.encode_documents([embedding_input(r["title"], r["text"]) for r in rows])
+    flat = encoder.encode_documents([t for units in inputs for t in units])
     elapsed = time.perf_counter() - started
-    metrics.EMBED_BATCH_SIZE.observe(len(rows))
+    metrics.EMBED_BATCH_SIZE.observe(len(flat))
     metrics.EMBED_BATCH_SECONDS.labels(encoder.device).observe(elapsed)
+    for collection_id in {r["collection_id"] for r in rows}:
+        await ensure_partition(pool, table, collection_id)
 
     async def write(conn: asyncpg.Connection) -> None:
         current = await conn.fetch(Q.lock_versions, list(versions))
@@ -72,12 +76,26 @@ async def embed_documents(
             for r in current
             if r["version"] == versions[r["id"]] and r["status"] == "prepped"
         }
-        keep = [i for i, r in enumerate(rows) if r["document_id"] in live]
-        await replace_embeddings(conn, table, [chunk_ids[i] for i in keep], vectors[keep])
+        by_collection: dict[int, list[tuple[int, int, np.ndarray]]] = {}
+        chunk_ids: dict[int, list[int]] = {}
+        at = 0
+        for r, units in zip(rows, inputs, strict=True):
+            vecs = flat[at : at + len(units)]
+            at += len(units)
+            if r["document_id"] not in live:
+                continue
+            coll = r["collection_id"]
+            chunk_ids.setdefault(coll, []).append(r["chunk_id"])
+            by_collection.setdefault(coll, []).extend(
+                (r["chunk_id"], u, v) for u, v in enumerate(vecs)
+            )
+        for coll in sorted(by_collection):
+            await replace_embeddings(conn, table, coll, chunk_ids[coll], by_collection[coll])
         result.indexed = sorted(live)
         result.skipped += len(versions) - len(live)
-        result.chunks = len(keep)
+        result.chunks = sum(len(v) for v in chunk_ids.values())
         await conn.execute(Q.mark_indexed, result.indexed)
+        result.jobs = {r["job_id"] for r in current if r["id"] in live and r["job_id"]}
 
     await retry_transaction(pool, write)
     metrics.DOCUMENTS_INGESTED.labels("embed").inc(len(result.indexed))

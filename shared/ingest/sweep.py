@@ -16,7 +16,7 @@ from celery import Celery
 from shared.config import Settings
 from shared.db.queries import Q
 from shared.metrics import queue_depths
-from shared.taskqueue import enqueue_embed, enqueue_prep
+from shared.taskqueue import enqueue_embed, enqueue_finalize, enqueue_prep
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,12 @@ async def sweep_once(
         log.warning(
             "sweeper re-enqueued %d documents for prep and %d for embed", len(prep), len(embed)
         )
+    jobs = [
+        r["id"]
+        for r in await pool.fetch(Q.stale_unfinished_jobs, settings.sweep_grace_seconds, 100)
+    ]
+    if jobs:
+        await asyncio.to_thread(enqueue_finalize, app, jobs)
     return len(prep), len(embed)
 
 

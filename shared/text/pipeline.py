@@ -1,52 +1,54 @@
 """The document and query paths of the text pipeline, built from the same functions.
 
-Indexing: ``prepare_document`` = normalize → chunk (model tokens) → lexemes per chunk.
-Querying: ``query_lexemes`` = normalize → lexemes. The embedder sees ``embedding_input(title,
-chunk)`` for documents and the normalized query for queries.
+Indexing: ``prepare_document`` = normalize → chunk (model tokens) → the chunk's lexical terms
+(words and bigrams) and, for a model that embeds the pipeline's lexemes, its vector units.
+Querying: ``query_terms`` = normalize → the same words and bigrams. The embedder sees
+``embedding_input(title, chunk)`` for documents and the normalized query for queries.
 
-Titles: the embedding input of a chunk is ``title + "\\n" + chunk`` when the title is not empty,
-and the chunk's lexemes are taken from that same input, so that a question naming the article's
-subject finds every chunk of the article, lexically and by vector (measured, see
-docs/text-pipeline.md). The body is chunked with the title's tokens taken off the budget, so the
-embedding input still fits ``max_tokens``.
+Titles: a chunk's lexical input is ``title + "\n" + chunk`` when the title is not empty, so
+that a question naming the article's subject finds every chunk of the article, and every vector
+unit starts with the title's lexemes. The body is chunked with the title's tokens taken off the
+budget, so the embedding input still fits ``max_tokens``.
+
+Vector units: a bag-of-words model (the default) embeds each *sentence* of a chunk, with the
+title, and a chunk's vector score is its best sentence's: on ja_dev vector MRR@10 went from
+0.458 (one vector per paragraph) to 0.651 (bench/RESULTS.md). A question asks about one
+sentence, and a mean over a whole paragraph blurs it. Transformer models embed the chunk.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from shared.text.chunk import Chunk, chunk_text, split_sentences
 from shared.text.normalize import normalize
-from shared.text.tokenize import Tokenizer, get_tokenizer
+from shared.text.terms import bigrams
+from shared.text.tokenize import Analysis, Tokenizer, get_tokenizer
 
 __all__ = [
     "PreparedChunk",
+    "QueryTerms",
     "content_hash",
     "embedding_input",
     "prepare_document",
-    "query_lexemes",
-    "tsvector_literal",
+    "query_terms",
+    "unit_texts",
 ]
 
-# PostgreSQL tsvector limits (src/include/tsearch/ts_type.h): MAXSTRLEN, MAXSTRPOS, MAXNUMPOS,
-# and the 1 MiB total size of a tsvector value.
-TS_MAX_LEXEME_BYTES = 2047
-TS_MAX_POSITION = 16383
-TS_MAX_POSITIONS_PER_LEXEME = 256
-TS_MAX_BYTES = (1 << 20) - 1
 # A body chunk keeps at least this share of the budget however long the title is.
 _MIN_BODY_SHARE = 0.5
 
 
 @dataclass(frozen=True)
 class PreparedChunk(Chunk):
-    """A chunk of the normalized body plus the lexemes of its embedding input."""
+    """A chunk of the normalized body with the terms of its lexical input (title + chunk) and,
+    where the model embeds lexemes, the lexemes of each vector unit (title + one sentence)."""
 
-    lexemes: list[str]
+    words: list[str]
+    grams: list[str]
+    units: list[list[str]]
 
 
 def embedding_input(title: str, chunk_text: str) -> str:
@@ -58,6 +60,11 @@ def embedding_input(title: str, chunk_text: str) -> str:
     return title or chunk_text
 
 
+def unit_texts(chunk_text: str) -> list[str]:
+    """The sentences of a chunk, the vector units of a bag-of-words model."""
+    return [chunk_text[a:b] for a, b in split_sentences(chunk_text)] or [chunk_text]
+
+
 def prepare_document(
     title: str,
     body: str,
@@ -67,24 +74,27 @@ def prepare_document(
     overlap_tokens: int = 0,
     tokenizer: Tokenizer | None = None,
     tokens_are_lexemes: bool = False,
+    vector_unit: str = "sentence",
 ) -> list[PreparedChunk]:
     """Normalize, chunk and tokenize one document. A document with an empty body but a title
     becomes one chunk holding the title, so it stays findable.
 
-    ``tokens_are_lexemes`` says the model counts exactly the lexemes (the default static model):
-    then each sentence goes through Sudachi once, for its count and its lexemes together, instead
-    of once to count and again per chunk (Sudachi is most of prep's time).
+    ``tokens_are_lexemes`` says the model counts exactly the lexemes and embeds them (the
+    default static model): then each sentence goes through Sudachi once, for its count, its
+    terms and its vector unit together (Sudachi is most of prep's time), and ``units`` is filled,
+    per sentence or per chunk as ``vector_unit`` says.
     """
     tok = tokenizer or get_tokenizer()
     title = normalize(title)
     body = normalize(body)
-    if tokens_are_lexemes and body:
-        return _prepare_by_sentence(title, body, tok, max_tokens, overlap_tokens)
+    if tokens_are_lexemes:
+        return _prepare_by_sentence(title, body, tok, max_tokens, overlap_tokens, vector_unit)
     if not body:
         if not title:
             return []
         # The title alone; spans are empty because there is no body text to point into.
-        return [PreparedChunk(0, "", 0, 0, count_tokens(title), tok.lexemes(title))]
+        words = tok.analyze(title).words
+        return [PreparedChunk(0, "", 0, 0, count_tokens(title), words, bigrams(title), [])]
     budget = max_tokens
     if title:
         title_tokens = count_tokens(title + "\n")
@@ -92,84 +102,85 @@ def prepare_document(
     overlap = min(overlap_tokens, budget - 1)
     out: list[PreparedChunk] = []
     for c in chunk_text(body, count_tokens, budget, overlap):
-        lexemes = tok.lexemes(embedding_input(title, c.text))
+        lexical = embedding_input(title, c.text)
+        words = tok.analyze(lexical).words
         out.append(
-            PreparedChunk(c.ordinal, c.text, c.char_start, c.char_end, c.token_count, lexemes)
+            PreparedChunk(
+                c.ordinal,
+                c.text,
+                c.char_start,
+                c.char_end,
+                c.token_count,
+                words,
+                bigrams(lexical),
+                [],
+            )
         )
     return out
 
 
 def _prepare_by_sentence(
-    title: str, body: str, tok: Tokenizer, max_tokens: int, overlap_tokens: int
+    title: str, body: str, tok: Tokenizer, max_tokens: int, overlap_tokens: int, vector_unit: str
 ) -> list[PreparedChunk]:
-    memo: dict[str, list[str]] = {}
+    memo: dict[str, Analysis] = {}
 
-    def lexemes_of(piece: str) -> list[str]:
+    def analysis(piece: str) -> Analysis:
         found = memo.get(piece)
         if found is None:
-            found = memo[piece] = tok.lexemes(piece)
+            found = memo[piece] = tok.analyze(piece)
         return found
 
-    title_lexemes = tok.lexemes(title) if title else []
+    head = tok.analyze(title) if title else Analysis([], [])
+    if not body:
+        if not title:
+            return []
+        return [
+            PreparedChunk(
+                0, "", 0, 0, len(head.lexemes), head.words, bigrams(title), [head.lexemes]
+            )
+        ]
     budget = max_tokens
     if title:
-        budget = max(int(max_tokens * _MIN_BODY_SHARE), max_tokens - len(title_lexemes), 1)
+        budget = max(int(max_tokens * _MIN_BODY_SHARE), max_tokens - len(head.lexemes), 1)
     out: list[PreparedChunk] = []
-    count = lambda piece: len(lexemes_of(piece))  # noqa: E731
+    count = lambda piece: len(analysis(piece).lexemes)  # noqa: E731
     for c in chunk_text(body, count, budget, min(overlap_tokens, budget - 1)):
         # The chunk's sentences were counted (and so tokenized) while chunking; a piece cut out
         # of an over-long sentence may not match one and is tokenized here.
-        lexemes = list(title_lexemes)
-        for start, end in split_sentences(c.text):
-            lexemes.extend(lexemes_of(c.text[start:end]))
+        words = list(head.words)
+        units: list[list[str]] = []
+        for sentence in unit_texts(c.text):
+            a = analysis(sentence)
+            words.extend(a.words)
+            if a.lexemes:
+                units.append(head.lexemes + a.lexemes)
+        if vector_unit == "chunk":
+            units = [head.lexemes + [lex for u in units for lex in u[len(head.lexemes) :]]]
         out.append(
-            PreparedChunk(c.ordinal, c.text, c.char_start, c.char_end, c.token_count, lexemes)
+            PreparedChunk(
+                c.ordinal,
+                c.text,
+                c.char_start,
+                c.char_end,
+                c.token_count,
+                words,
+                bigrams(embedding_input(title, c.text)),
+                units or [head.lexemes],
+            )
         )
     return out
 
 
-def query_lexemes(query: str, tokenizer: Tokenizer | None = None) -> list[str]:
-    """Lexemes of a search query: the same normalization and tokenization as documents."""
-    return (tokenizer or get_tokenizer()).lexemes(normalize(query))
+@dataclass(frozen=True, slots=True)
+class QueryTerms:
+    words: list[str]
+    grams: list[str]
 
 
-def tsvector_literal(lexemes: list[str]) -> str:
-    """A PostgreSQL ``tsvector`` literal with positions, e.g. ``'語':1,4 'b':2``.
-
-    Positions are 1-based indexes into ``lexemes``, capped at 16383 (later ones all land on
-    16383); at most 256 positions are kept per lexeme; lexemes over 2047 UTF-8 bytes are dropped,
-    as are empty ones. Lexemes stop being added before the value would pass the 1 MiB limit.
-    Cast with ``::tsvector`` (not ``to_tsvector``): the lexemes are final.
-    """
-    positions: dict[str, list[int]] = {}
-    for i, lex in enumerate(lexemes, start=1):
-        if "\x00" in lex:
-            lex = lex.replace("\x00", "")  # Postgres text cannot hold NUL
-        if not lex or len(lex.encode("utf-8")) > TS_MAX_LEXEME_BYTES:
-            continue
-        pos = min(i, TS_MAX_POSITION)
-        plist = positions.setdefault(lex, [])
-        if len(plist) < TS_MAX_POSITIONS_PER_LEXEME and (not plist or plist[-1] != pos):
-            plist.append(pos)
-    parts: list[str] = []
-    # Rough size of the stored value: lexeme bytes plus 2 bytes per position plus 8 per entry.
-    size = 0
-    for lex, plist in positions.items():
-        size += len(lex.encode("utf-8")) + 2 * len(plist) + 8
-        if size > TS_MAX_BYTES:
-            break
-        quoted = lex.replace("\\", "\\\\").replace("'", "''")
-        parts.append(f"'{quoted}':{','.join(map(str, plist))}")
-    return " ".join(parts)
-
-
-def term_frequencies(lexemes: list[str]) -> str:
-    """The lexemes' counts as a JSON object, for BM25's term frequencies; the same lexemes that
-    ``tsvector_literal`` keeps (over-long ones dropped), so the two cannot disagree."""
-    counts = Counter(
-        lex for lex in lexemes if lex and len(lex.encode("utf-8")) <= TS_MAX_LEXEME_BYTES
-    )
-    return json.dumps(counts, ensure_ascii=False, separators=(",", ":"))
+def query_terms(query: str, tokenizer: Tokenizer | None = None) -> QueryTerms:
+    """Terms of a search query: the same normalization and analysis as a chunk's."""
+    text = normalize(query)
+    return QueryTerms((tokenizer or get_tokenizer()).analyze(text).words, bigrams(text))
 
 
 def content_hash(title: str, body: str) -> bytes:

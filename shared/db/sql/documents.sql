@@ -61,7 +61,6 @@ FROM documents d JOIN collections c ON c.id = d.collection_id
 WHERE c.name = $1 AND d.external_id = $2;
 
 -- name: lock_document
--- Chunks and embeddings go with the row (ON DELETE CASCADE); BM25 statistics are decremented first.
 WITH doc AS (
     SELECT d.id FROM documents d JOIN collections c ON c.id = d.collection_id
     WHERE c.name = $1 AND d.external_id = $2
@@ -70,20 +69,17 @@ WITH doc AS (
 SELECT id FROM doc;
 
 -- name: delete_document_row
+-- Chunks go with the row (ON DELETE CASCADE), and with them their postings, statistics and
+-- vectors (the chunks_deleted trigger).
 DELETE FROM documents WHERE id = $1;
 
 -- name: job_status
-SELECT j.id, j.total, j.unchanged, j.rejected, j.created_at, j.finished_at,
-       c.name AS collection,
-       count(d.id) FILTER (WHERE d.status = 'queued') AS queued,
-       count(d.id) FILTER (WHERE d.status = 'prepped') AS prepped,
-       count(d.id) FILTER (WHERE d.status = 'indexed') AS indexed,
-       count(d.id) FILTER (WHERE d.status = 'failed') AS failed
-FROM ingest_jobs j
-JOIN collections c ON c.id = j.collection_id
-LEFT JOIN documents d ON d.job_id = j.id
-WHERE j.id = $1
-GROUP BY j.id, c.name;
+-- Counters kept by the documents triggers (migrations/0002): a document re-uploaded under a
+-- later job, or deleted, leaves this job's counts; total stays what the upload accepted.
+SELECT j.id, j.total, j.unchanged, j.rejected, j.queued, j.prepped, j.indexed, j.failed,
+       j.created_at, j.finished_at, c.name AS collection
+FROM ingest_jobs j JOIN collections c ON c.id = j.collection_id
+WHERE j.id = $1;
 
 -- name: job_errors
 SELECT d.external_id, e.stage, e.message, e.at
@@ -91,10 +87,6 @@ FROM ingest_errors e LEFT JOIN documents d ON d.id = e.document_id
 WHERE e.job_id = $1
 ORDER BY e.at, e.id
 LIMIT $2;
-
--- name: mark_job_finished
-UPDATE ingest_jobs SET finished_at = now() WHERE id = $1 AND finished_at IS NULL
-RETURNING finished_at;
 
 -- name: claim_pending
 -- The sweeper: documents pending for longer than the grace period whose queue message may have
@@ -129,3 +121,41 @@ UPDATE documents d SET status = 'prepped', updated_at = now()
 FROM collections c
 WHERE c.id = d.collection_id AND d.status = 'indexed' AND ($1::text IS NULL OR c.name = $1)
 RETURNING d.id;
+
+-- name: jobs_to_finalize
+-- Jobs among $1 with nothing pending that are not finished yet.
+SELECT id FROM ingest_jobs
+WHERE id = ANY($1::uuid[]) AND queued + prepped = 0 AND finished_at IS NULL;
+
+-- name: stale_unfinished_jobs
+-- The sweeper: jobs with nothing pending for which no finalize task got through.
+SELECT id FROM ingest_jobs
+WHERE queued + prepped = 0 AND finished_at IS NULL AND created_at < now() - make_interval(secs => $1)
+ORDER BY created_at LIMIT $2;
+
+-- name: job_for_finalize
+SELECT j.id, j.collection_id, j.total, j.queued + j.prepped AS pending, j.finished_at,
+       (SELECT count(*) FROM documents d WHERE d.collection_id = j.collection_id) AS documents
+FROM ingest_jobs j WHERE j.id = $1;
+
+-- name: finish_job
+UPDATE ingest_jobs SET finished_at = now()
+WHERE id = $1 AND finished_at IS NULL AND queued + prepped = 0
+RETURNING finished_at;
+
+-- name: advisory_xact_lock
+SELECT pg_advisory_xact_lock($1::integer, $2::integer);
+
+-- name: set_local
+-- A setting for the rest of the transaction (SET LOCAL with a parameter).
+SELECT set_config($1, $2, true);
+
+-- name: vacuum_tables
+-- {tables}: fixed table names and a registry-made partition name, never input.
+VACUUM (ANALYZE) {tables};
+
+-- name: try_advisory_lock
+SELECT pg_try_advisory_lock($1::integer, $2::integer);
+
+-- name: advisory_unlock
+SELECT pg_advisory_unlock($1::integer, $2::integer);
