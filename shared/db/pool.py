@@ -12,12 +12,20 @@ async def _init(conn: asyncpg.Connection) -> None:
     await register_vector(conn)
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Release without asyncpg's default reset, a round trip (advisory unlock, CLOSE ALL,
+    UNLISTEN, RESET ALL) on every release: kensaku keeps no session state on pooled connections
+    (settings are SET LOCAL, the one session lock is released in a finally), and an open
+    transaction is still rolled back by the pool."""
+
+
 async def create_pool(settings: Settings, *, min_size: int | None = None) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
         settings.database_url,
         min_size=settings.db_pool_min if min_size is None else min_size,
         max_size=settings.db_pool_max,
         init=_init,
+        reset=_keep_session,
         # Search reads these per connection, so a query stays one round trip (no SET first).
         # relaxed_order iterative scans keep filtered HNSW queries returning top_k rows.
         server_settings={

@@ -175,12 +175,14 @@ def _prepare_by_sentence(
 class QueryTerms:
     words: list[str]
     grams: list[str]
+    lexemes: list[str]  # what a model that embeds lexemes embeds for the query
 
 
 def query_terms(query: str, tokenizer: Tokenizer | None = None) -> QueryTerms:
     """Terms of a search query: the same normalization and analysis as a chunk's."""
     text = normalize(query)
-    return QueryTerms((tokenizer or get_tokenizer()).analyze(text).words, bigrams(text))
+    a = (tokenizer or get_tokenizer()).analyze(text)
+    return QueryTerms(a.words, bigrams(text), a.lexemes)
 
 
 def content_hash(title: str, body: str) -> bytes:

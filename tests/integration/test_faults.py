@@ -24,7 +24,7 @@ def assert_indexed_exactly_once(stack: Any, collection: str, n: int) -> None:
         SELECT count(*) FILTER (WHERE d.status = 'indexed') AS indexed,
                count(*) AS documents,
                (SELECT count(*) FROM chunks k WHERE k.collection_id = c.id) AS chunks,
-               (SELECT count(*) FROM chunks k JOIN {table} e ON e.chunk_id = k.id
+               (SELECT count(DISTINCT e.chunk_id) FROM chunks k JOIN {table} e ON e.chunk_id = k.id
                 WHERE k.collection_id = c.id) AS embeddings,
                (SELECT count(*) FROM chunks k WHERE k.collection_id = c.id
                   AND NOT EXISTS (SELECT 1 FROM {table} e WHERE e.chunk_id = k.id)) AS missing,

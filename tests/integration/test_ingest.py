@@ -43,8 +43,12 @@ def counts(stack: Any, collection: str) -> dict[str, int]:
                 WHERE c.name = $1 AND d.status = 'indexed') AS indexed,
                (SELECT count(*) FROM chunks k JOIN collections c ON c.id = k.collection_id
                 WHERE c.name = $1) AS chunks,
+               (SELECT count(DISTINCT e.chunk_id) FROM {table} e JOIN chunks k ON k.id = e.chunk_id
+                JOIN collections c ON c.id = k.collection_id WHERE c.name = $1) AS embeddings,
                (SELECT count(*) FROM {table} e JOIN chunks k ON k.id = e.chunk_id
-                JOIN collections c ON c.id = k.collection_id WHERE c.name = $1) AS embeddings
+                JOIN collections c ON c.id = k.collection_id WHERE c.name = $1) AS vectors,
+               (SELECT count(*) FROM postings p JOIN chunks k ON k.id = p.chunk_id
+                JOIN collections c ON c.id = k.collection_id WHERE c.name = $1) AS postings
         """,
         collection,
     )[0]
@@ -132,7 +136,7 @@ def test_retried_task_changes_nothing(stack: Any, api: httpx.Client, collection:
     from shared.db.pool import create_pool
     from shared.embed.embedder import load_embedder
     from shared.ingest.embed import embed_documents
-    from shared.ingest.prep import prep_documents
+    from shared.ingest.prep import InlineEmbedding, LexicalParams, prep_documents
 
     wait_job(api, upload(api, collection, make_docs(5))["job_id"])
     before = counts(stack, collection)
@@ -147,27 +151,36 @@ def test_retried_task_changes_nothing(stack: Any, api: httpx.Client, collection:
                 "SELECT d.id FROM documents d JOIN collections c ON c.id = d.collection_id "
                 "WHERE c.name = $1", collection)]  # fmt: skip
 
-            async def stages() -> int:
+            async def stages(inline: bool) -> int:
                 p = await prep_documents(
                     pool,
                     ids,
                     count_tokens=embedder.count_tokens,
                     max_tokens=embedder.chunk_tokens(settings.chunk_tokens),
                     overlap_tokens=0,
-                    tokens_are_lexemes=embedder.takes_lexemes,
+                    lexical=LexicalParams.from_settings(settings),
+                    inline=InlineEmbedding(embedder, table) if inline else None,
                 )
                 e = await embed_documents(pool, embedder, table, ids)
-                return len(p.prepped) + len(e.indexed)
+                return len(p.prepped) + len(p.indexed) + len(e.indexed)
+
+            async def requeue() -> None:
+                # As after a crash that left them queued. updated_at too: a document queued just
+                # now is not the sweeper's to re-enqueue.
+                await pool.execute(
+                    "UPDATE documents SET status = 'queued', updated_at = now() WHERE id = ANY($1)",
+                    ids,
+                )
 
             # Redelivered after success: the documents are indexed, nothing is redone.
-            done_again = await stages()
-            # Redelivered after a crash that left them queued: redone, replacing, not adding.
-            # updated_at too: a document queued just now is not the sweeper's to re-enqueue.
-            await pool.execute(
-                "UPDATE documents SET status = 'queued', updated_at = now() WHERE id = ANY($1)",
-                ids,
-            )
-            redone = await stages()
+            done_again = await stages(inline=True)
+            # Redelivered after a crash: redone, replacing, not adding. The default model is
+            # embedded inside prep; any other model goes through both stages.
+            await requeue()
+            redone_inline = await stages(inline=True)
+            await requeue()
+            redone = await stages(inline=False)
+            assert redone_inline == len(ids)
             return done_again, redone, len(ids)
         finally:
             await pool.close()

@@ -1,5 +1,5 @@
 """chunk_text(): sentence-aware packing under a token budget, exact spans, nothing lost; and the
-document path built on it (shared.text.pipeline: prepare_document, tsvector literals, hashes)."""
+document path built on it (shared.text.pipeline: prepare_document, query terms, hashes)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,7 @@ from shared.text.pipeline import (
     content_hash,
     embedding_input,
     prepare_document,
-    query_lexemes,
-    tsvector_literal,
+    query_terms,
 )
 from shared.text.tokenize import Tokenizer
 
@@ -168,7 +167,7 @@ def test_real_tokenizer_on_a_200kb_document(tokenizer: Tokenizer) -> None:
 # --- the document path built on the chunker (shared.text.pipeline) ------------------------------
 
 
-def test_prepare_document_chunks_the_normalized_body_with_title_lexemes(
+def test_prepare_document_chunks_the_normalized_body_with_title_words(
     tokenizer: Tokenizer,
 ) -> None:
     body = "姫路城は兵庫県姫路市にある平山城である。白漆喰の外壁から白鷺城とも呼ばれる。\n" * 40
@@ -182,8 +181,10 @@ def test_prepare_document_chunks_the_normalized_body_with_title_lexemes(
         assert normalized[c.char_start : c.char_end] == c.text
         # The title's tokens come off the budget, so title + chunk still fits.
         assert tokenizer.count_tokens(embedding_input("姫路城", c.text)) <= 64
-        assert c.lexemes[:2] == ["姫路", "城"]  # the title is searchable in every chunk
-        assert c.lexemes == tokenizer.lexemes(embedding_input("姫路城", c.text))
+        assert c.words[:2] == ["姫路", "城"]  # the title is searchable in every chunk
+        assert c.words == tokenizer.analyze(embedding_input("姫路城", c.text)).words
+        assert c.grams[:2] == ["姫路", "路城"]
+        assert c.units == []  # only a model that embeds lexemes gets units from prep
 
 
 def test_prepare_document_normalizes_title_and_body(tokenizer: Tokenizer) -> None:
@@ -194,40 +195,50 @@ def test_prepare_document_normalizes_title_and_body(tokenizer: Tokenizer) -> Non
         max_tokens=64,
     )
     assert chunk.text == "iPhone15の附属品。"
-    assert chunk.lexemes == ["abc", "片仮名", "iphone", "15", "付属", "品"]
+    assert chunk.words == ["abc", "片仮名", "iphone", "15", "付属", "品"]
+
+
+def test_prepare_by_sentence_gives_one_unit_per_sentence(tokenizer: Tokenizer) -> None:
+    body = "姫路城は兵庫県にある。白鷺城とも呼ばれる。\n世界遺産に登録された。"
+    count = lambda t: len(tokenizer.lexemes(t))  # noqa: E731
+    [chunk] = prepare_document(
+        "姫路城", body, count_tokens=count, max_tokens=256, tokens_are_lexemes=True
+    )
+    title = tokenizer.lexemes("姫路城")
+    assert chunk.units == [
+        title + tokenizer.lexemes(s)
+        for s in ("姫路城は兵庫県にある。", "白鷺城とも呼ばれる。", "世界遺産に登録された。")
+    ]
+    [whole] = prepare_document(
+        "姫路城",
+        body,
+        count_tokens=count,
+        max_tokens=256,
+        tokens_are_lexemes=True,
+        vector_unit="chunk",
+    )
+    assert whole.units == [title + [lex for u in chunk.units for lex in u[len(title) :]]]
+    assert whole.words == chunk.words
 
 
 def test_prepare_document_edge_cases(tokenizer: Tokenizer) -> None:
     count = tokenizer.count_tokens
     assert prepare_document("", " \n ", count_tokens=count, max_tokens=64) == []
     [only_title] = prepare_document("題名だけ", "", count_tokens=count, max_tokens=64)
-    assert only_title.text == "" and only_title.lexemes == ["題名"]
+    assert only_title.text == "" and only_title.words == ["題名"]
     assert embedding_input("題名だけ", "") == "題名だけ"
     assert embedding_input("", "本文") == "本文"
     assert embedding_input("ＴＩＴＬＥ", "本文") == "TITLE\n本文"  # raw titles from the DB work
 
 
-def test_query_lexemes_match_document_lexemes(tokenizer: Tokenizer) -> None:
-    expected = tokenizer.lexemes("iphone15の付属病院")
-    assert query_lexemes("ＩＰｈｏｎｅ１５の附属病院は？") == expected
-    assert query_lexemes("。、！？") == []
-
-
-def test_tsvector_literal_positions_and_quoting() -> None:
-    assert tsvector_literal(["語", "b", "語"]) == "'語':1,3 'b':2"
-    assert tsvector_literal(["it's", "a\\b"]) == "'it''s':1 'a\\\\b':2"
-    assert tsvector_literal([]) == ""
-    assert tsvector_literal(["", "x" * 2048, "ok"]) == "'ok':3"
-    assert tsvector_literal(["あ" * 682]) == "'" + "あ" * 682 + "':1"  # 2046 bytes: kept
-    assert tsvector_literal(["あ" * 683]) == ""  # 2049 bytes: over the limit
-
-
-def test_tsvector_literal_respects_postgres_position_limits() -> None:
-    literal = tsvector_literal(["w"] * 20_000 + ["last"])
-    entries = dict(part.split(":") for part in literal.split(" "))
-    positions = [int(p) for p in entries["'w'"].split(",")]
-    assert len(positions) == 256 and positions == list(range(1, 257))
-    assert entries["'last'"] == "16383"  # positions past 16383 are capped
+def test_query_terms_match_document_terms(tokenizer: Tokenizer) -> None:
+    text = "iphone15の付属病院"
+    terms = query_terms("ＩＰｈｏｎｅ１５の附属病院は？")
+    assert terms.words == tokenizer.analyze(text).words
+    assert terms.lexemes == tokenizer.lexemes(text)
+    assert terms.grams == ["ip", "ph", "ho", "on", "ne", "e1", "15", "附属", "属病", "病院"]
+    empty = query_terms("。、！？")
+    assert empty.words == [] and empty.grams == []
 
 
 def test_content_hash() -> None:

@@ -560,7 +560,7 @@ def stand_in_facts() -> CodeFacts:
     model.add_parser("build")
     modules = {"worker.celery_app:app", "api.main:app"}
     return CodeFacts(
-        queues=frozenset({"prep", "embed"}),
+        queues=frozenset({"prep", "embed", "maintain"}),
         settings_fields=frozenset(Settings.model_fields),
         check_kensaku=_argparse_check(parser),
         check_import=lambda ref: None if ref in modules else "ModuleNotFoundError",

@@ -22,7 +22,7 @@ from shared.embed.build_default import (
     murmurhash64a,
 )
 from shared.embed.embedder import Embedder
-from shared.text.pipeline import query_lexemes
+from shared.text.pipeline import query_terms
 
 ROOT = Path(__file__).resolve().parents[2]
 EVAL = ROOT / "bench/data/ja_eval"
@@ -114,8 +114,8 @@ def test_similar_sentences_are_closer_than_unrelated(default_embedder: Embedder)
 def test_embeds_the_lexemes_of_the_lexical_index(default_embedder: Embedder) -> None:
     module = default_embedder.model[0]
     query = "ＩＰｈｏｎｅ１５を附属病院で買ったｶﾀｶﾅの話"
-    assert module.lexemes(query) == query_lexemes(query)
-    assert default_embedder.count_tokens(query) == len(query_lexemes(query))
+    assert module.lexemes(query) == query_terms(query).lexemes
+    assert default_embedder.count_tokens(query) == len(query_terms(query).lexemes)
     # Full-width and half-width queries embed identically.
     np.testing.assert_allclose(
         default_embedder.encode_query("ＡＢＣ１２３のｶﾀｶﾅ"),

@@ -114,7 +114,8 @@ def test_queue_depths_from_real_redis(tmp_path: Path) -> None:
         server.rpush("embed", "d")
         server.hset("unacked", "tag", "msg")
         url = f"unix://{server.socket_file}"
-        assert asyncio.run(metrics._queue_depths_at(url)) == {"prep": 3, "embed": 1, "unacked": 1}
+        depths = asyncio.run(metrics._queue_depths_at(url))
+        assert depths == {"prep": 3, "embed": 1, "maintain": 0, "unacked": 1}
         asyncio.run(metrics.collect_gauges(None, url))
         assert _value("kensaku_queue_depth", queue="prep") == 3
         assert _value("kensaku_dependency_up", dependency="redis") == 1

@@ -23,7 +23,7 @@ def test_parse_queries_splits_named_blocks() -> None:
 
 
 def test_every_named_query_is_loaded() -> None:
-    for name in ("upsert_documents", "search_hybrid", "claim_pending", "delete_chunks_with_stats"):
+    for name in ("upsert_documents", "search_hybrid", "claim_pending", "delete_chunks"):
         assert name in Q.names()
     with pytest.raises(AttributeError, match="no SQL query"):
         _ = Q.not_a_query
@@ -37,7 +37,7 @@ def test_table_names_are_safe_identifiers() -> None:
     with pytest.raises(ConfigError):
         ModelTable("x", "emb_x; DROP TABLE chunks", 3).sql("SELECT * FROM {table}")
     assert ModelTable("m", "emb_m", 3000).vector_type == "halfvec(3000)"
-    assert ModelTable("m", "emb_m", 300).vector_type == "vector(300)"
+    assert ModelTable("m", "emb_m", 300).vector_type == "halfvec(300)"
 
 
 def test_bind_rule() -> None:

@@ -2,7 +2,8 @@
 -- best postings of each query word; the nearest vector units), then every candidate is scored
 -- exactly (the inner product of its forward-index sparsevec with the query's term weights; its
 -- best sentence's cosine), fused, grouped by document and ranked. Ties are broken by chunk key
--- and external id, so the ranking does not depend on the plan or the order documents arrived in.
+-- (a hash of external id and ordinal), so the ranking does not depend on the plan or on the
+-- order documents arrived in.
 --
 -- Parameters shared by every query:
 --   $1 collection id, $2 number of documents wanted, $3 chunk candidates per channel,
@@ -92,26 +93,30 @@ vector_hits AS MATERIALIZED (
 )
 
 -- name: fragment_best_per_document
--- The end of every search: from ranked(chunk_id, score), each document's best chunk, best first.
+-- The end of every search: from ranked(chunk_id, document_id, key, score), each document's best
+-- chunk, best first; only the top $2 are joined to their text.
 best AS (
-    SELECT DISTINCT ON (c.document_id) c.document_id, r.chunk_id, r.score
-    FROM ranked r JOIN chunks c ON c.id = r.chunk_id
-    ORDER BY c.document_id, r.score DESC, c.key
+    SELECT DISTINCT ON (r.document_id) r.document_id, r.chunk_id, r.key, r.score
+    FROM ranked r
+    ORDER BY r.document_id, r.score DESC, r.key
+), top AS (
+    SELECT * FROM best ORDER BY score DESC, key LIMIT $2
 )
-SELECT d.external_id, d.title, c.text, c.ordinal, b.score, d.metadata
-FROM best b JOIN chunks c ON c.id = b.chunk_id JOIN documents d ON d.id = b.document_id
-ORDER BY b.score DESC, d.external_id
-LIMIT $2
+SELECT d.external_id, d.title, c.text, c.ordinal, t.score, d.metadata
+FROM top t JOIN chunks c ON c.id = t.chunk_id JOIN documents d ON d.id = t.document_id
+ORDER BY t.score DESC, t.key
 
 -- name: search_lexical
 WITH {lexical}, ranked AS (
-    SELECT c.id AS chunk_id, -(c.terms <#> (SELECT v FROM query_vector))::float8 AS score
+    SELECT c.id AS chunk_id, c.document_id, c.key,
+           -(c.terms <#> (SELECT v FROM query_vector))::float8 AS score
     FROM lexical_candidates lc JOIN chunks c ON c.id = lc.chunk_id
 ), {best_per_document}
 
 -- name: search_vector
 WITH {vector}, ranked AS (
-    SELECT chunk_id, cosine::float8 AS score FROM vector_hits
+    SELECT vh.chunk_id, c.document_id, c.key, vh.cosine::float8 AS score
+    FROM vector_hits vh JOIN chunks c ON c.id = vh.chunk_id
 ), {best_per_document}
 
 -- name: search_hybrid
@@ -124,7 +129,7 @@ WITH {lexical}, {vector}, candidates AS (
     UNION
     SELECT chunk_id FROM vector_hits
 ), ranked AS (
-    SELECT c.id AS chunk_id,
+    SELECT c.id AS chunk_id, c.document_id, c.key,
            coalesce(-(c.terms <#> (SELECT v FROM query_vector))::float8, 0)
            + $12::float8 * coalesce(
                vh.cosine,
