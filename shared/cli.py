@@ -241,18 +241,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    if args.what == "ingest":
-        from bench.ingest import main as bench_ingest
+def cmd_bench(args: argparse.Namespace, rest: list[str]) -> int:
+    """Hand over to ``kensaku-bench`` by name: the product does not import its benchmarks."""
+    import shutil
 
-        return bench_ingest(docs=args.docs)
-    if args.what == "embed":
-        from bench.embed import main as bench_embed
-
-        return bench_embed()
-    from bench.search import main as bench_search
-
-    return bench_search(sizes=[int(s) for s in args.sizes.split(",")])
+    exe = shutil.which("kensaku-bench") or str(Path(sys.executable).with_name("kensaku-bench"))
+    if not Path(exe).exists():
+        return _fail("kensaku-bench is not installed (pip install -e '.[bench]')")
+    os.execv(exe, [exe, *rest])
+    return 0  # not reached
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -318,15 +315,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--collection", help="collection to ingest into (default: a fresh one)")
     ev.set_defaults(func=cmd_eval)
 
-    be = sub.add_parser("bench", help="benchmarks (print figures measured side by side)")
-    be.add_argument("what", choices=["ingest", "embed", "search"])
-    be.add_argument("--docs", type=int, default=2000, help="bench ingest: documents")
-    be.add_argument("--sizes", default="10000,100000", help="bench search: chunk counts")
+    be = sub.add_parser(
+        "bench", help="benchmarks: kensaku bench search|ingest|embed|tune|tables (kensaku-bench)"
+    )
     be.set_defaults(func=cmd_bench)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        return cmd_bench(argparse.Namespace(), argv[1:])
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

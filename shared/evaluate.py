@@ -59,50 +59,70 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[idx]
 
 
+def metrics_for(rankings: list[list[str]], queries: list[Query]) -> dict[str, float]:
+    """Mean recall@1, recall@10, MRR@10 and nDCG@10 of ranked ids, one list per query."""
+    n = max(len(queries), 1)
+    sums = {"recall@1": 0.0, "recall@10": 0.0, "mrr@10": 0.0, "ndcg@10": 0.0}
+    for ranked, q in zip(rankings, queries, strict=True):
+        sums["recall@1"] += recall_at(ranked, q.relevant, 1)
+        sums["recall@10"] += recall_at(ranked, q.relevant, 10)
+        sums["mrr@10"] += mrr_at(ranked, q.relevant)
+        sums["ndcg@10"] += ndcg_at(ranked, q.relevant)
+    return {k: v / n for k, v in sums.items()}
+
+
+def search_ids(client: httpx.Client, collection: str, mode: str, text: str) -> list[str]:
+    resp = client.post(
+        "/v1/search", json={"query": text, "collection": collection, "top_k": 10, "mode": mode}
+    )
+    resp.raise_for_status()
+    return [h["id"] for h in resp.json()["hits"]]
+
+
 def score_mode(
     client: httpx.Client, collection: str, mode: str, queries: list[Query]
 ) -> dict[str, float]:
-    r1 = r10 = mrr = ndcg = 0.0
+    rankings: list[list[str]] = []
     latencies: list[float] = []
     for q in queries:
         started = time.perf_counter()
-        resp = client.post(
-            "/v1/search",
-            json={"query": q.text, "collection": collection, "top_k": 10, "mode": mode},
-        )
+        rankings.append(search_ids(client, collection, mode, q.text))
         latencies.append((time.perf_counter() - started) * 1000)
-        resp.raise_for_status()
-        ranked = [h["id"] for h in resp.json()["hits"]]
-        r1 += recall_at(ranked, q.relevant, 1)
-        r10 += recall_at(ranked, q.relevant, 10)
-        mrr += mrr_at(ranked, q.relevant)
-        ndcg += ndcg_at(ranked, q.relevant)
-    n = max(len(queries), 1)
-    return {
-        "recall@1": r1 / n,
-        "recall@10": r10 / n,
-        "mrr@10": mrr / n,
-        "ndcg@10": ndcg / n,
-        "p50_ms": statistics.median(latencies) if latencies else 0.0,
-        "p95_ms": percentile(latencies, 95),
-    }
+    out = metrics_for(rankings, queries)
+    out["p50_ms"] = statistics.median(latencies) if latencies else 0.0
+    out["p95_ms"] = percentile(latencies, 95)
+    return out
 
 
-def ingest_corpus(client: httpx.Client, corpus: Path, collection: str) -> str:
+def read_corpus(path: Path) -> list[dict[str, str]]:
     docs = []
-    for line in corpus.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8").splitlines():
         if line.strip():
             d = json.loads(line)
-            docs.append({"id": str(d["id"]), "title": d.get("title", ""), "text": d["text"]})
-    resp = client.post("/v1/documents", json={"collection": collection, "documents": docs})
+            docs.append({"id": str(d["id"]), "title": d.get("title") or "", "text": d["text"]})
+    return docs
+
+
+def ingest_documents(
+    client: httpx.Client, docs: list[dict[str, str]], collection: str
+) -> dict[str, Any]:
+    """Upload as streamed NDJSON (no per-request document cap) and wait for the job; its final
+    status. Raises when the job does not end ``done``."""
+    body = "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs).encode("utf-8")
+    resp = client.post(
+        "/v1/documents",
+        params={"collection": collection},
+        content=body,
+        headers={"Content-Type": "application/x-ndjson"},
+    )
     resp.raise_for_status()
     job: str = resp.json()["job_id"]
     while True:
-        status = client.get(f"/v1/jobs/{job}").json()
+        status: dict[str, Any] = client.get(f"/v1/jobs/{job}").raise_for_status().json()
         if status["status"] in ("done", "partial", "failed"):
             if status["status"] != "done":
-                raise RuntimeError(f"ingest of the corpus ended {status['status']}: {status}")
-            return job
+                raise RuntimeError(f"ingest ended {status['status']}: {status}")
+            return status
         time.sleep(0.2)
 
 
@@ -118,7 +138,7 @@ def evaluate(
     collection = collection or f"eval-{uuid.uuid4().hex[:8]}"
     queries = load_queries(queries_path)
     with httpx.Client(base_url=api, headers=headers, timeout=120) as client:
-        ingest_corpus(client, corpus, collection)
+        ingest_documents(client, read_corpus(corpus), collection)
         client.post("/v1/search", json={"query": "ウォームアップ", "collection": collection})
         return {mode: score_mode(client, collection, mode, queries) for mode in modes}
 

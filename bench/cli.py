@@ -1,0 +1,63 @@
+"""`kensaku-bench`: the benchmark and fitting commands. They import the product; the product
+never imports them (`kensaku bench ...` hands over to this command by name)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+JA_EVAL = ROOT / "bench/data/ja_eval"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kensaku-bench", description="kensaku benchmarks")
+    sub = p.add_subparsers(dest="what", required=True)
+    se = sub.add_parser("search", help="quality and latency on a real corpus, with peers")
+    se.add_argument("--corpus", type=Path, default=JA_EVAL / "corpus.jsonl")
+    se.add_argument("--queries", type=Path, default=JA_EVAL / "queries.jsonl")
+    se.add_argument("--load-queries", type=int, default=400, help="searches per load test")
+    se.add_argument("--mixed-seconds", type=float, default=20.0, help="0: no mixed load")
+    se.add_argument("--no-peers", action="store_true")
+    ing = sub.add_parser("ingest", help="end-to-end ingest against the raw encode speed")
+    ing.add_argument("--docs", type=int, default=2000)
+    sub.add_parser("embed", help="embedding throughput per backend, text pipeline speed")
+    tu = sub.add_parser("tune", help="fit BM25 and fusion parameters in-process")
+    tu.add_argument("--corpus", type=Path, required=True)
+    tu.add_argument("--queries", type=Path, required=True)
+    ta = sub.add_parser("tables", help="rebuild the reference bigram and word tables")
+    ta.add_argument("--corpus", type=Path, required=True)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.what == "search":
+        from bench.search import main as search
+
+        return search(
+            args.corpus,
+            args.queries,
+            load_queries_n=args.load_queries,
+            mixed_seconds=args.mixed_seconds,
+            peers=not args.no_peers,
+        )
+    if args.what == "ingest":
+        from bench.ingest import main as ingest
+
+        return ingest(docs=args.docs)
+    if args.what == "embed":
+        from bench.embed import main as embed
+
+        return embed()
+    if args.what == "tune":
+        from bench.tune import main as tune
+
+        return tune(args.corpus, args.queries)
+    from bench.tables import main as tables
+
+    return tables(args.corpus)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
