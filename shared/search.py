@@ -201,7 +201,7 @@ async def _encode_query(embedder: Embedder, text: str, terms: QueryTerms) -> Any
     if embedder.takes_lexemes:
         # The query's lexemes are at hand (a table lookup and a sum, ~0.1 ms): no second Sudachi
         # pass, no thread hop; the vector equals encode_query's (tests/unit/test_lexeme_path.py).
-        return embedder.encode_lexemes([terms.lexemes])[0]
+        return embedder.encode_query_lexemes(terms.lexemes)
     # A transformer runs off the event loop: the endpoint keeps serving other requests.
     return await asyncio.to_thread(embedder.encode_query, text)
 

@@ -48,8 +48,24 @@ class SearchRequest(BaseModel):
         return v
 
 
+class Hit(BaseModel):
+    id: str = Field(description="The document's id")
+    title: str
+    text: str = Field(description="The document's best-matching chunk")
+    chunk: int = Field(description="That chunk's ordinal in the document")
+    score: float = Field(description="Ranking score: higher is better; scales differ by mode")
+    metadata: dict[str, Any]
+
+
+class SearchResponse(BaseModel):
+    hits: list[Hit]
+    took_ms: float
+    mode: Mode
+
+
 @router.post("/search", summary="Vector, lexical or hybrid search over a collection")
-async def search_route(request: Request, body: SearchRequest) -> dict[str, Any]:
+async def search_route(request: Request, body: SearchRequest) -> SearchResponse:
     st = state_of(request)
     params = SearchParams(body.query, body.collection, body.top_k, body.mode, body.filter)
-    return await search(st.pool, st.embedder, st.table, st.settings, params, st.collections)
+    found = await search(st.pool, st.embedder, st.table, st.settings, params, st.collections)
+    return SearchResponse.model_validate(found)

@@ -91,6 +91,13 @@ class Embedder:
         # A model whose input is the text pipeline's own lexemes (the default static model) can
         # embed the lexemes prep already stored with each chunk, without tokenizing again.
         self.takes_lexemes = hasattr(first, "features_from_lexemes") and not self.document_prompt
+        # kensaku's own static model (lexemes → weighted sum → Normalize) embeds a query with
+        # numpy alone; anything with other modules after it goes through torch.
+        modules = list(model)
+        plain = len(modules) == 2 and type(modules[1]).__name__ == "Normalize"
+        self._numpy_query = (
+            getattr(first, "embed_one", None) if self.takes_lexemes and plain else None
+        )
         # A bag of words blurs over a paragraph; a transformer reads it (pipeline.py docstring).
         if vector_unit == "auto":
             vector_unit = "sentence" if self.takes_lexemes else "chunk"
@@ -179,6 +186,13 @@ class Embedder:
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         result[:] = vectors / np.maximum(norms, 1e-12)
         return result
+
+    def encode_query_lexemes(self, lexemes: list[str]) -> np.ndarray:
+        """``encode_query`` for a model that ``takes_lexemes``, from the query's lexemes."""
+        if self._numpy_query is not None:
+            v = self._numpy_query(lexemes)
+            return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)
+        return self.encode_lexemes([lexemes])[0]
 
     def encode_query(self, text: str) -> np.ndarray:
         """(dimension,) float32, L2-normalized; the model's query prompt is applied."""

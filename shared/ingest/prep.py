@@ -68,6 +68,8 @@ class LexicalParams:
 
 
 class LexemeEncoder(Protocol):
+    device: str
+
     def encode_lexemes(self, docs: list[list[str]]) -> np.ndarray: ...
 
 
@@ -143,7 +145,12 @@ def _build_rows(
     vectors: list[np.ndarray | None] = [None] * len(items)
     if inline is not None:
         units = [u for _, c in items for u in c.units]
+        started = time.perf_counter()
         encoded = inline.encoder.encode_lexemes(units) if units else None
+        metrics.EMBED_BATCH_SIZE.observe(len(units))
+        metrics.EMBED_BATCH_SECONDS.labels(inline.encoder.device).observe(
+            time.perf_counter() - started
+        )
         at = 0
         for i, (_, c) in enumerate(items):
             assert encoded is not None

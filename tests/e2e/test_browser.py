@@ -377,12 +377,13 @@ def test_flower_lists_the_ingest_tasks(stack: Stack) -> None:
     def task_names() -> set[str] | None:
         r = httpx.get(f"{stack.flower}/api/tasks", auth=auth, timeout=30)
         names = {t.get("name") for t in r.json().values()} if r.is_success else set()
-        return names if {"kensaku.prep", "kensaku.embed"} <= names else None
+        # The default model is embedded inside prep; every job ends with its finalize task.
+        return names if {"kensaku.prep", "kensaku.finalize"} <= names else None
 
-    _poll(task_names, "kensaku.prep and kensaku.embed in Flower's task list", timeout=120)
+    _poll(task_names, "kensaku.prep and kensaku.finalize in Flower's task list", timeout=120)
     url = with_credentials(f"{stack.flower}/tasks", FLOWER_USER, stack.password)
     dom = chromium(url)
-    assert "kensaku.prep" in dom and "kensaku.embed" in dom
+    assert "kensaku.prep" in dom and "kensaku.finalize" in dom
     chromium(url, screenshot=SCREENSHOTS / "flower-tasks.png")
     assert (SCREENSHOTS / "flower-tasks.png").stat().st_size > 1000
 

@@ -160,3 +160,12 @@ def test_vector_retrieval_quality_on_ja_eval(default_embedder: Embedder) -> None
         reciprocal.append(1 / (hits[0] + 1) if hits else 0.0)
     # Measured 0.900 MRR@10 (packaged MiniLM: 0.447); fail on a real regression only.
     assert float(np.mean(reciprocal)) >= 0.85
+
+
+def test_sif_weights_make_frequent_words_count_less(default_embedder: Embedder) -> None:
+    weights = default_embedder.model[0].word_weights
+    # 為る (する) is in nearly every paragraph, 日本 in many, 姫路 in few.
+    assert weights["為る"] < weights["日本"] < weights["姫路"] <= 1.0
+    # A text made of one frequent word and a rare one points at the rare one.
+    v = default_embedder.encode_documents(["為る姫路", "姫路", "為る"])
+    assert float(v[0] @ v[1]) > float(v[0] @ v[2]) + 0.3
