@@ -7,8 +7,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import os
+import threading
+from collections.abc import AsyncIterator, Awaitable
 
+import asyncpg
 import redis.asyncio as aioredis
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -43,7 +46,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = await create_pool(settings)
-        redis = aioredis.from_url(settings.redis_url)
+        # Bounded waits on the broker: a Redis that stops answering fails a call, not the loop.
+        redis = aioredis.from_url(
+            settings.redis_url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30
+        )
+        st: AppState | None = None
         try:
             get_tokenizer()
             # The query model is loaded once here; search never loads it per request.
@@ -53,18 +60,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             torch.set_num_threads(settings.query_threads)
             table = await register_embedder(pool, embedder)
             st = AppState(settings, pool, redis, make_celery_app(settings), embedder, table)
-            st.background.append(
-                asyncio.create_task(sweep_forever(pool, redis, st.celery, settings))
-            )
+            st.background.append(asyncio.create_task(sweep_forever(pool, st.celery, settings)))
             app.state.kensaku = st
             log.info("api ready: model=%s table=%s", embedder.name, table.table)
             yield
-            for task in st.background:
-                task.cancel()
-            await asyncio.gather(*st.background, return_exceptions=True)
         finally:
-            await redis.aclose()
-            await pool.close()
+            await _shut_down(st, pool, redis, settings.shutdown_timeout_seconds)
 
     app = FastAPI(
         title="kensaku",
@@ -80,11 +81,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestIdMiddleware)
     mount_docs(app)
     secured = [Depends(require_api_key)]
-    app.include_router(health.router)
-    app.include_router(metrics_route.router)
+    small = settings.max_query_request_bytes  # uploads bound their bodies themselves
+    app.include_router(health.router, max_body_size=small)
+    app.include_router(metrics_route.router, max_body_size=small)
     app.include_router(documents.router, dependencies=secured)
-    app.include_router(jobs.router, dependencies=secured)
-    app.include_router(search.router, dependencies=secured)
+    app.include_router(jobs.router, dependencies=secured, max_body_size=small)
+    app.include_router(search.router, dependencies=secured, max_body_size=small)
 
     @app.exception_handler(RejectError)
     async def _reject(_: Request, exc: RejectError) -> JSONResponse:
@@ -105,7 +107,36 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(ConfigError)
     async def _config(_: Request, exc: ConfigError) -> JSONResponse:
         log.error("configuration error: %s", exc)
-        return JSONResponse({"detail": f"server misconfigured: {exc}"}, status_code=500)
+        return JSONResponse({"detail": "server misconfigured; see its log"}, status_code=500)
+
+    @app.exception_handler(asyncpg.PostgresConnectionError)
+    @app.exception_handler(asyncpg.InterfaceError)
+    @app.exception_handler(asyncpg.CannotConnectNowError)
+    @app.exception_handler(ConnectionError)
+    async def _database_unavailable(_: Request, exc: Exception) -> JSONResponse:
+        # The database restarting or unreachable: the client may retry; nothing is lost.
+        log.warning("database unavailable: %s: %s", type(exc).__name__, exc)
+        return JSONResponse(
+            {"detail": "the database is unavailable; retry shortly"},
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
+
+    @app.exception_handler(asyncpg.QueryCanceledError)
+    @app.exception_handler(TimeoutError)
+    async def _too_slow(_: Request, exc: Exception) -> JSONResponse:
+        log.warning("request timed out in the database: %s", exc)
+        return JSONResponse(
+            {"detail": "the request took too long in the database; retry shortly"},
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Logged with its traceback; the client gets no internals, only the request id to quote.
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal error; see the server log"}, status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -117,6 +148,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"detail": message, "errors": errors}, status_code=422)
 
     return app
+
+
+async def _shut_down(
+    st: AppState | None, pool: asyncpg.Pool, redis: aioredis.Redis, grace: float
+) -> None:
+    """Every step bounded: a peer that vanished must not keep the process alive. A watchdog
+    ends the process if anything still hangs (a thread blocked in a library call keeps the
+    interpreter from exiting)."""
+    watchdog = threading.Timer(2 * grace, os._exit, args=(70,))
+    watchdog.daemon = True
+    watchdog.start()
+    if st is not None:
+        for task in st.background:
+            task.cancel()
+        if st.background:
+            await asyncio.wait(st.background, timeout=grace)
+
+    async def bounded(step: Awaitable[object], what: str) -> None:
+        try:
+            await asyncio.wait_for(step, grace)
+        except Exception as exc:  # shutting down: report and go on
+            log.warning("shutdown: %s did not finish cleanly: %s", what, exc)
+
+    await bounded(redis.aclose(), "closing Redis")
+    try:
+        await asyncio.wait_for(pool.close(), grace)
+    except Exception:
+        pool.terminate()
 
 
 def __getattr__(name: str) -> FastAPI:

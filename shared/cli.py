@@ -97,6 +97,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         access_log=False,
         proxy_headers=True,
+        # In-flight requests get this long after SIGTERM; then the process exits regardless.
+        timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
     )
     return 0
 
@@ -115,38 +117,48 @@ def cmd_up(args: argparse.Namespace) -> int:
         worker_concurrency=args.concurrency,
         extra_env=settings_env(settings),
     )
-    stopping = False
 
-    def _stop(signum: int, _: Any) -> None:
-        nonlocal stopping
-        stopping = True
+    def _interrupt(signum: int, _: Any) -> None:
+        raise _Interrupted(signum)
 
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    # Ctrl-C or SIGTERM at any moment (starting, ingesting, serving) stops everything.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+    headers = _headers()
     try:
         print("starting PostgreSQL, Redis, migrations, API, worker and Flower ...", flush=True)
         stack.start()
         print(f"api:     {stack.api_url}  (docs: {stack.api_url}/docs)")
-        print(f"flower:  {stack.flower_url}  (user {stack.flower_user}, "
-              f"password {stack.flower_password})")  # fmt: skip
+        print(
+            f"flower:  {stack.flower_url}  (user {stack.flower_user}, "
+            f"password {stack.flower_password})"
+        )
         print(f"metrics: {stack.api_url}/metrics")
         print(f"data:    {stack.data_dir}  (logs in {stack.data_dir / 'logs'})", flush=True)
         if args.ingest:
-            job = _ingest_file(stack.api_url, Path(args.ingest), args.collection, {})
+            job = _ingest_file(stack.api_url, Path(args.ingest), args.collection, headers)
             print(f"ingesting {args.ingest}: job {job['job_id']}", flush=True)
-            _wait_job(stack.api_url, job["job_id"], {}, progress=True)
+            _wait_job(stack.api_url, job["job_id"], headers, progress=True)
         print("ready; Ctrl-C stops everything", flush=True)
-        while not stopping:
+        while True:
             for proc in stack.procs.values():
                 if not proc.alive():
                     print(f"{proc.name} exited unexpectedly:\n{proc.tail()}", file=sys.stderr)
                     return 1
             time.sleep(0.5)
+    except _Interrupted:
         return 0
     finally:
+        # A second Ctrl-C must not cut the clean-up short and leave processes behind.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         print("stopping ...", flush=True)
         stack.stop()
         print("stopped", flush=True)
+
+
+class _Interrupted(Exception):
+    """SIGINT/SIGTERM in `kensaku up`."""
 
 
 # --- ingest / status ------------------------------------------------------------------------

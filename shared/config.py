@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     db_pool_min: int = Field(1, ge=0)
     db_pool_max: int = Field(8, ge=1)
+    # Server-side limit for any one statement of the API (searches have their own, shorter
+    # one) and of the workers (their index builds run without a limit).
+    api_statement_timeout_ms: int = Field(60_000, ge=100)
+    worker_statement_timeout_ms: int = Field(600_000, ge=100)
 
     # --- HTTP API -------------------------------------------------------------------------
     host: str = "127.0.0.1"
@@ -41,11 +45,23 @@ class Settings(BaseSettings):
     max_documents_per_ndjson: int = Field(1_000_000, ge=1)
     max_document_bytes: int = Field(4 * 1024 * 1024, ge=1024 * 1024)
     max_id_chars: int = Field(512, ge=1)
+    # An NDJSON upload streams: it is bounded in total bytes and in silence between bytes.
+    max_ndjson_bytes: int = Field(4 * 1024**3, ge=1024)
+    upload_idle_timeout_seconds: float = Field(30.0, gt=0)
+    # Every other request body (search, ...) is refused past this before it is parsed.
+    max_query_request_bytes: int = Field(1024 * 1024, ge=1024)
+    # SIGTERM: the API, a worker's children and `kensaku up` are gone within this, whatever
+    # they were doing (in-flight requests get this long to finish, then the process exits).
+    shutdown_timeout_seconds: float = Field(10.0, gt=0)
 
     # --- ingestion ------------------------------------------------------------------------
     prep_batch_size: int = Field(64, ge=1, le=10_000)
+    # Chunks per embed task (documents are grouped up to this; a longer one goes alone).
     embed_batch_size: int = Field(256, ge=1, le=100_000)
+    # Tries per document (task retries and worker crashes together) before it is failed.
     max_attempts: int = Field(5, ge=1)
+    # A prep or embed task running longer is stopped (soft), then its process killed.
+    task_time_limit_seconds: int = Field(300, ge=10)
     # Documents still queued/prepped this long after their last change are re-enqueued.
     sweep_grace_seconds: float = Field(120.0, ge=1.0)
     sweep_interval_seconds: float = Field(30.0, ge=1.0)
@@ -128,8 +144,8 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, v: str) -> str:
-        if not v.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        if not v.startswith(("redis://", "rediss://", "unix://", "redis+socket://")):
+            raise ValueError("must be a redis://, rediss://, redis+socket:// or unix:// URL")
         return v
 
     @model_validator(mode="after")

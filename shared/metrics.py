@@ -25,9 +25,8 @@ import shutil
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import redis.asyncio as aioredis
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -42,15 +41,14 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from shared.db.queries import Q
-from shared.queues import ALL_QUEUES
+from shared.taskqueue import queue_depths
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 log = logging.getLogger(__name__)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-# kombu's Redis transport keeps messages with priority > 0 in extra lists named
-# queue + "\x06\x16" + step, with the default priority steps 0, 3, 6, 9 (step 0 is the bare name).
-_KOMBU_PRIORITY_SEP = "\x06\x16"
-_KOMBU_PRIORITY_STEPS = (3, 6, 9)
 # A scrape must answer even when Postgres or Redis hangs; the gauges then report the dependency
 # as down instead of blocking Prometheus until its own scrape timeout (10 s by default).
 GAUGE_TIMEOUT_S = 2.0
@@ -124,37 +122,6 @@ async def pending_counts(pool: _Pool) -> dict[str, int]:
     return {str(row[0]): int(row[1]) for row in rows}
 
 
-async def queue_depths(
-    client: aioredis.Redis, queues: Iterable[str] = ALL_QUEUES
-) -> dict[str, int]:
-    """Messages waiting in each Celery queue, plus ``unacked``: delivered to a worker, not yet
-    acknowledged (all queues together).
-
-    kombu's Redis transport stores a queue as a Redis list named after the queue.
-    """
-    names = list(queues)
-    async with client.pipeline(transaction=False) as pipe:
-        for q in names:
-            pipe.llen(q)
-            for step in _KOMBU_PRIORITY_STEPS:
-                pipe.llen(f"{q}{_KOMBU_PRIORITY_SEP}{step}")
-        pipe.hlen("unacked")
-        lengths = await pipe.execute()
-    per_queue = 1 + len(_KOMBU_PRIORITY_STEPS)
-    depths = {q: sum(lengths[i * per_queue : (i + 1) * per_queue]) for i, q in enumerate(names)}
-    # kombu keeps messages delivered to a worker but not yet acked in one hash for all queues.
-    depths["unacked"] = int(lengths[-1])
-    return depths
-
-
-async def _queue_depths_at(redis_url: str) -> dict[str, int]:
-    client = aioredis.from_url(redis_url)
-    try:
-        return await queue_depths(client)
-    finally:
-        await client.aclose()
-
-
 class _GaugeSnapshot(Collector):
     """Serves the values of the last `collect_gauges` call; emits nothing before the first."""
 
@@ -206,13 +173,13 @@ async def _guarded(name: str, coro: Awaitable[dict[str, int]]) -> dict[str, int]
     return result
 
 
-async def collect_gauges(pool: _Pool | None, redis_url: str | None) -> None:
+async def collect_gauges(pool: _Pool | None, app: Celery | None) -> None:
     """Refresh the scrape-time gauges; call right before `render_latest()` in GET /metrics."""
     tasks: dict[str, Awaitable[dict[str, int] | None]] = {}
     if pool is not None:
         tasks["postgres"] = _guarded("postgres", pending_counts(pool))
-    if redis_url:
-        tasks["redis"] = _guarded("redis", _queue_depths_at(redis_url))
+    if app is not None:
+        tasks["redis"] = _guarded("redis", asyncio.to_thread(queue_depths, app))
     results = dict(zip(tasks, await asyncio.gather(*tasks.values()), strict=True))
     if "postgres" in results:
         GAUGES.documents = results["postgres"]

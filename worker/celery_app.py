@@ -9,6 +9,9 @@ from shared.logging import setup_celery_logging
 from shared.taskqueue import make_celery_app
 
 app = make_celery_app(get_settings())
+# The worker imports the task module when it starts (Celery's usual way; the tasks import `app`
+# from here, so importing them here too would be a cycle).
+app.conf.include = ["worker.tasks"]
 # kensaku's structured logging instead of Celery's own set-up (task id and name on every line).
 setup_logging.connect(setup_celery_logging)
 
@@ -46,5 +49,3 @@ def _close(**_: object) -> None:
 
     close_runtime()
 
-
-import worker.tasks  # noqa: E402,F401  (registers the tasks on the app)

@@ -37,9 +37,13 @@ class Runtime:
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(coro)
 
-    def close(self) -> None:
+    def close(self, timeout: float = 10.0) -> None:
+        """Close the pool within ``timeout`` (a database that vanished must not keep the
+        process alive), then the loop."""
         try:
-            self.loop.run_until_complete(self.pool.close())
+            self.loop.run_until_complete(asyncio.wait_for(self.pool.close(), timeout))
+        except Exception:
+            self.pool.terminate()
         finally:
             self.loop.close()
 
@@ -74,7 +78,7 @@ def _create(settings: Settings) -> Runtime:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     # A worker process handles one task at a time: a small pool is enough.
-    pool = loop.run_until_complete(create_pool(settings, min_size=1))
+    pool = loop.run_until_complete(create_pool(settings, min_size=1, role="worker"))
     get_tokenizer()
     embedder = load_embedder(settings)
     table = loop.run_until_complete(register_embedder(pool, embedder))

@@ -1,5 +1,11 @@
 """Task adapters with stable names. They take document ids, call the plain functions in
-shared.ingest, and decide about retries; the work itself lives in shared/.
+shared.ingest and hand retries to Celery; the work itself lives in shared/.
+
+Retries: any exception that reaches a task (the database or broker briefly gone, the model out
+of memory, the soft time limit) is retried by Celery with jittered exponential backoff, up to
+``max_attempts``; after the last one the documents are recorded as failed so their job finishes.
+A worker process that dies mid-task is covered by the attempts counted in Postgres
+(shared/ingest/attempts.py).
 """
 
 from __future__ import annotations
@@ -10,32 +16,49 @@ from typing import Any
 
 from celery import Task
 
+from shared.config import get_settings
+from shared.ingest.attempts import Claim, claim_attempt
 from shared.ingest.embed import embed_documents, fail_documents
 from shared.ingest.finalize import finalize_job, jobs_to_finalize
 from shared.ingest.prep import InlineEmbedding, LexicalParams, prep_documents
 from shared.logging import bind
 from shared.queues import EMBED_TASK, FINALIZE_TASK, PREP_TASK
-from shared.taskqueue import enqueue_embed, enqueue_finalize
+from shared.taskqueue import (
+    embed_batches,
+    enqueue_embed,
+    enqueue_embed_batches,
+    enqueue_finalize,
+    enqueue_prep,
+)
 from worker.celery_app import app
 from worker.runtime import Runtime, get_runtime
 
 log = logging.getLogger(__name__)
+_MAX_ATTEMPTS = get_settings().max_attempts
 
 
-def _retry_or_fail(task: Task, doc_ids: list[int], stage: str, exc: BaseException) -> Any:
-    # Per-document errors are handled inside the stage; what reaches here failed the whole
-    # batch (database or broker briefly gone, model out of memory): retry with backoff, and
-    # after the last attempt record the documents as failed so the job finishes.
-    retries = task.request.retries
-    if retries + 1 < get_runtime().settings.max_attempts:
-        # Exponential backoff with a cap: 2, 4, 8, ... 60 s.
-        raise task.retry(exc=exc, countdown=min(60, 2 ** (retries + 1)))
-    log.error(
-        "%s gave up on %d documents after %d attempts: %s", stage, len(doc_ids), retries + 1, exc
-    )
-    rt = get_runtime()
-    rt.run(fail_documents(rt.pool, doc_ids, stage, f"{type(exc).__name__}: {exc}"))
-    return None
+class StageTask(Task):  # type: ignore[misc]
+    """A prep or embed task: retried on any error, its documents failed after the last try."""
+
+    autoretry_for = (Exception,)
+    retry_backoff = 2
+    retry_backoff_max = 60
+    retry_jitter = True
+    max_retries = _MAX_ATTEMPTS - 1
+    stage = ""
+
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        doc_ids = list(args[0]) if args else []
+        log.error("%s gave up on %d documents: %s", self.stage, len(doc_ids), exc)
+        try:
+            rt = get_runtime()
+            rt.run(fail_documents(rt.pool, doc_ids, self.stage, f"{type(exc).__name__}: {exc}"))
+        except Exception:
+            # Not even that worked: the documents stay pending, the sweeper tries them again
+            # later and their attempts run out there.
+            log.exception("could not record the failure of %d documents", len(doc_ids))
 
 
 def _finalize_finished(rt: Runtime, jobs: set[uuid.UUID]) -> None:
@@ -45,21 +68,28 @@ def _finalize_finished(rt: Runtime, jobs: set[uuid.UUID]) -> None:
         enqueue_finalize(app, done)
 
 
-@app.task(name=PREP_TASK, bind=True, max_retries=None)
+def _claim(rt: Runtime, doc_ids: list[int], status: str, stage: str) -> Claim:
+    claim = rt.run(claim_attempt(rt.pool, doc_ids, status, stage, rt.settings.max_attempts))
+    if claim.failed:
+        log.warning("%s: %d documents out of attempts, failed", stage, len(claim.failed))
+    return claim
+
+
+@app.task(name=PREP_TASK, bind=True, base=StageTask, stage="prep")
 def prep(self: Task, doc_ids: list[int], job_id: str | None = None) -> dict[str, int]:
     with bind(job_id=job_id):
-        return _prep(self, doc_ids, job_id)
-
-
-def _prep(task: Task, doc_ids: list[int], job_id: str | None) -> dict[str, int]:
-    rt = get_runtime()
-    # A model that embeds the pipeline's lexemes is run inside prep (shared/ingest/prep.py).
-    inline = InlineEmbedding(rt.embedder, rt.table) if rt.embedder.takes_lexemes else None
-    try:
+        rt = get_runtime()
+        claim = _claim(rt, doc_ids, "queued", "prep")
+        if claim.split:
+            # Redelivered with documents tried before: one task each isolates a poison one.
+            enqueue_prep(app, claim.split, 1, job_id)
+            return {"split": len(claim.split), "failed": len(claim.failed)}
+        # A model that embeds the pipeline's lexemes is run inside prep (shared/ingest/prep.py).
+        inline = InlineEmbedding(rt.embedder, rt.table) if rt.embedder.takes_lexemes else None
         result = rt.run(
             prep_documents(
                 rt.pool,
-                doc_ids,
+                claim.run,
                 count_tokens=rt.embedder.count_tokens,
                 max_tokens=rt.embedder.chunk_tokens(rt.settings.chunk_tokens),
                 overlap_tokens=rt.settings.chunk_overlap_tokens,
@@ -67,38 +97,50 @@ def _prep(task: Task, doc_ids: list[int], job_id: str | None) -> dict[str, int]:
                 inline=inline,
             )
         )
-    except Exception as exc:
-        return _retry_or_fail(task, doc_ids, "prep", exc)  # type: ignore[no-any-return]
-    if result.prepped:
-        enqueue_embed(app, result.prepped, rt.settings.prep_batch_size, job_id)
-    _finalize_finished(rt, result.jobs)
-    return {
-        "prepped": len(result.prepped),
-        "indexed": len(result.indexed),
-        "failed": len(result.failed),
-        "skipped": result.skipped,
-        "chunks": result.chunks,
-    }
+        if result.prepped:
+            batches = embed_batches(result.chunk_counts, rt.settings.embed_batch_size)
+            enqueue_embed_batches(app, batches, job_id)
+        _finalize_finished(rt, result.jobs | claim.jobs)
+        return {
+            "prepped": len(result.prepped),
+            "indexed": len(result.indexed),
+            "failed": len(result.failed) + len(claim.failed),
+            "skipped": result.skipped,
+            "chunks": result.chunks,
+        }
 
 
-@app.task(name=EMBED_TASK, bind=True, max_retries=None)
+@app.task(name=EMBED_TASK, bind=True, base=StageTask, stage="embed")
 def embed(self: Task, doc_ids: list[int], job_id: str | None = None) -> dict[str, int]:
-    rt = get_runtime()
     with bind(job_id=job_id):
-        try:
-            result = rt.run(embed_documents(rt.pool, rt.embedder, rt.table, doc_ids))
-        except Exception as exc:
-            return _retry_or_fail(self, doc_ids, "embed", exc)  # type: ignore[no-any-return]
-        _finalize_finished(rt, result.jobs)
-    return {"indexed": len(result.indexed), "skipped": result.skipped, "chunks": result.chunks}
+        rt = get_runtime()
+        claim = _claim(rt, doc_ids, "prepped", "embed")
+        if claim.split:
+            enqueue_embed(app, claim.split, 1, job_id)
+            return {"split": len(claim.split), "failed": len(claim.failed)}
+        result = rt.run(embed_documents(rt.pool, rt.embedder, rt.table, claim.run))
+        _finalize_finished(rt, result.jobs | claim.jobs)
+        return {
+            "indexed": len(result.indexed),
+            "failed": len(claim.failed),
+            "skipped": result.skipped,
+            "chunks": result.chunks,
+        }
 
 
-@app.task(name=FINALIZE_TASK, bind=True, max_retries=5)
+@app.task(
+    name=FINALIZE_TASK,
+    bind=True,
+    autoretry_for=(Exception,),
+    retry_backoff=2,
+    retry_jitter=True,
+    max_retries=5,
+    # An index build over a large collection takes minutes, not seconds.
+    soft_time_limit=None,
+    time_limit=6 * 3600,
+)
 def finalize(self: Task, job_id: str) -> bool:
-    rt = get_runtime()
+    # Giving up loses nothing: the sweeper sends unfinished jobs here again.
     with bind(job_id=job_id):
-        try:
-            return rt.run(finalize_job(rt.pool, rt.table, rt.settings, uuid.UUID(job_id)))
-        except Exception as exc:
-            # The sweeper enqueues unfinished jobs again, so giving up here loses nothing.
-            raise self.retry(exc=exc, countdown=min(60, 2 ** (self.request.retries + 1))) from exc
+        rt = get_runtime()
+        return rt.run(finalize_job(rt.pool, rt.table, rt.settings, uuid.UUID(job_id)))

@@ -9,18 +9,12 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
+from api.bodies import DocumentFilter, Spool, read_json, read_ndjson
 from api.deps import state_of
-from api.upload import (
-    DocumentFilter,
-    iter_json_documents,
-    iter_ndjson_documents,
-    parse_json_body,
-    read_limited,
-)
 from shared import metrics
 from shared.db.documents import delete_document, get_document
 from shared.errors import RejectError
-from shared.ingest.upload import store_upload
+from shared.ingest.store import store_upload
 from shared.ingest.validate import DocumentRejected, check_collection
 from shared.taskqueue import enqueue_prep
 
@@ -56,26 +50,29 @@ async def upload_documents(
     settings = st.settings
     filt = DocumentFilter(settings)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type in _NDJSON_TYPES:
-        try:
-            name = check_collection(collection or "default")
-        except DocumentRejected as exc:
-            raise RejectError(str(exc)) from None
-        docs = iter_ndjson_documents(request, filt)
-    elif content_type in ("application/json", ""):
-        raw = await read_limited(request, settings.max_request_bytes)
-        name, items = parse_json_body(raw, settings)
-        if collection is not None and collection != name:
-            raise RejectError("collection given in both the query and the body, and they differ")
-        docs = iter_json_documents(items, filt)
-    else:
-        raise RejectError(
-            f"unsupported content type {content_type!r}: use application/json or "
-            "application/x-ndjson",
-            status=415,
-        )
-
-    stored = await store_upload(st.pool, name, docs, filt.rejected)
+    spool = Spool()
+    try:
+        if content_type in _NDJSON_TYPES:
+            try:
+                name = check_collection(collection or "default")
+            except DocumentRejected as exc:
+                raise RejectError(str(exc)) from None
+            await read_ndjson(request, settings, filt, spool)
+        elif content_type in ("application/json", ""):
+            name = await read_json(request, settings, filt, spool)
+            if collection is not None and collection != name:
+                raise RejectError(
+                    "collection given in both the query and the body, and they differ"
+                )
+        else:
+            raise RejectError(
+                f"unsupported content type {content_type!r}: use application/json or "
+                "application/x-ndjson",
+                status=415,
+            )
+        stored = await store_upload(st.pool, name, spool.records, spool.count, len(filt.rejected))
+    finally:
+        spool.close()
     if stored is None:
         if not filt.rejected:
             raise RejectError("the upload contains no documents")
@@ -109,13 +106,15 @@ async def upload_documents(
     return JSONResponse(body, status_code=202)
 
 
-@router.get("/documents/{collection}/{doc_id}", summary="Read one document and its status")
+# {doc_id:path}: an id may hold '/' (it is any string without control characters).
+@router.get("/documents/{collection}/{doc_id:path}", summary="Read one document and its status")
 async def read_document(request: Request, collection: str, doc_id: str) -> dict[str, Any]:
     return await get_document(state_of(request).pool, collection, doc_id)
 
 
 @router.delete(
-    "/documents/{collection}/{doc_id}", summary="Delete a document, its chunks and embeddings"
+    "/documents/{collection}/{doc_id:path}",
+    summary="Delete a document, its chunks and embeddings",
 )
 async def remove_document(request: Request, collection: str, doc_id: str) -> dict[str, Any]:
     await delete_document(state_of(request).pool, collection, doc_id)

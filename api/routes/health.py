@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -9,6 +10,8 @@ from fastapi.responses import JSONResponse
 
 from api.deps import state_of
 from shared.db.queries import Q
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["health"])
 
@@ -22,16 +25,28 @@ async def healthz() -> dict[str, str]:
 async def readyz(request: Request) -> JSONResponse:
     st = state_of(request)
     checks: dict[str, Any] = {}
+    # What failed is logged; the answer says only that it did (no internals to clients).
     try:
-        await st.pool.fetchval(Q.ping)
+        await st.pool.fetchval(Q.ping, timeout=5)
         checks["database"] = "ok"
     except Exception as exc:
-        checks["database"] = f"error: {type(exc).__name__}: {exc}"
+        log.warning("readyz: database: %s: %s", type(exc).__name__, exc)
+        checks["database"] = "unavailable"
     try:
         await st.redis.ping()
         checks["broker"] = "ok"
     except Exception as exc:
-        checks["broker"] = f"error: {type(exc).__name__}: {exc}"
+        log.warning("readyz: broker: %s: %s", type(exc).__name__, exc)
+        checks["broker"] = "unavailable"
     checks["model"] = st.embedder.name
+    checks["embedding"] = {
+        "model": st.embedder.name,
+        "backend": st.embedder.backend,
+        "device": st.embedder.device,
+        "dimension": st.embedder.dimension,
+        "vector_unit": st.table.vector_unit,
+        "index": "hnsw_halfvec",
+        "dimensions_stored": st.table.dimension,
+    }
     ready = checks["database"] == "ok" and checks["broker"] == "ok"
     return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)

@@ -14,6 +14,6 @@ router = APIRouter(tags=["health"])
 @router.get("/metrics", summary="Prometheus metrics")
 async def metrics(request: Request) -> Response:
     st = state_of(request)
-    await collect_gauges(st.pool, st.settings.redis_url)
+    await collect_gauges(st.pool, st.celery)
     body, content_type = render_latest()
     return Response(body, media_type=content_type)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -13,6 +14,18 @@ from shared.search import FilterValue, Mode, SearchParams, search
 router = APIRouter(prefix="/v1", tags=["search"])
 
 MAX_QUERY_CHARS = 2000
+MAX_FILTER_KEYS = 16
+MAX_FILTER_VALUES = 64
+MAX_FILTER_KEY_CHARS = 256
+
+
+def _check_string(value: str, what: str) -> None:
+    if "\x00" in value:
+        raise ValueError(f"{what} contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} contains an unpaired surrogate (not valid Unicode)") from None
 
 
 class SearchRequest(BaseModel):
@@ -33,8 +46,7 @@ class SearchRequest(BaseModel):
             raise ValueError("query is empty or only whitespace")
         if len(v) > MAX_QUERY_CHARS:
             raise ValueError(f"query is longer than {MAX_QUERY_CHARS} characters")
-        if "\x00" in v:
-            raise ValueError("query contains a NUL character")
+        _check_string(v, "query")
         return v
 
     @field_validator("filter")
@@ -42,9 +54,25 @@ class SearchRequest(BaseModel):
     def _filter_lists(
         cls, v: dict[str, FilterValue | list[FilterValue]] | None
     ) -> dict[str, FilterValue | list[FilterValue]] | None:
+        if v and len(v) > MAX_FILTER_KEYS:
+            raise ValueError(f"filter has {len(v)} keys, at most {MAX_FILTER_KEYS} are allowed")
         for key, value in (v or {}).items():
-            if isinstance(value, list) and not value:
+            if len(key) > MAX_FILTER_KEY_CHARS:
+                raise ValueError(f"filter key is longer than {MAX_FILTER_KEY_CHARS} characters")
+            _check_string(key, "filter key")
+            values = value if isinstance(value, list) else [value]
+            if not values:
                 raise ValueError(f"filter value for {key!r} is an empty list")
+            if len(values) > MAX_FILTER_VALUES:
+                raise ValueError(
+                    f"filter value for {key!r} lists {len(values)} values, at most "
+                    f"{MAX_FILTER_VALUES} are allowed"
+                )
+            for item in values:
+                if isinstance(item, float) and not math.isfinite(item):
+                    raise ValueError(f"filter value for {key!r} is not a finite number")
+                if isinstance(item, str):
+                    _check_string(item, f"filter value for {key!r}")
         return v
 
 

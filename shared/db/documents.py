@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 
 from shared.db.queries import Q
+from shared.db.retry import retry_transaction
 from shared.errors import NotFoundError
 
 JOB_ERRORS_SHOWN = 10
@@ -43,12 +44,17 @@ async def get_document(pool: asyncpg.Pool, collection: str, external_id: str) ->
 
 
 async def delete_document(pool: asyncpg.Pool, collection: str, external_id: str) -> None:
+    """Delete the document with everything derived from it; a deadlock with a concurrent upload
+    or worker on the same rows is retried."""
     await require_collection(pool, collection)
-    async with pool.acquire() as conn, conn.transaction():
+
+    async def delete(conn: asyncpg.Connection) -> None:
         doc_id = await conn.fetchval(Q.lock_document, collection, external_id)
         if doc_id is None:
             raise NotFoundError(f"document {external_id!r} not found in collection {collection!r}")
         await conn.execute(Q.delete_document_row, doc_id)
+
+    await retry_transaction(pool, delete)
 
 
 def _job_state(total: int, pending: int, queued: int, failed: int, finished: bool) -> str:

@@ -19,7 +19,13 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     transaction is still rolled back by the pool."""
 
 
-async def create_pool(settings: Settings, *, min_size: int | None = None) -> asyncpg.Pool:
+async def create_pool(
+    settings: Settings, *, min_size: int | None = None, role: str = "api"
+) -> asyncpg.Pool:
+    """The process's pool. ``role`` "api" or "worker" picks the statement timeout."""
+    timeout_ms = (
+        settings.api_statement_timeout_ms if role == "api" else settings.worker_statement_timeout_ms
+    )
     pool = await asyncpg.create_pool(
         settings.database_url,
         min_size=settings.db_pool_min if min_size is None else min_size,
@@ -33,8 +39,14 @@ async def create_pool(settings: Settings, *, min_size: int | None = None) -> asy
             "hnsw.iterative_scan": "relaxed_order",
             # Exact (index-less) vector plans sort rows carrying their vectors; 4 MB spills.
             "work_mem": "32MB",
-            "application_name": "kensaku",
+            "statement_timeout": str(timeout_ms),
+            # A transaction left open by a vanished client is ended by the server.
+            "idle_in_transaction_session_timeout": "60000",
+            "application_name": f"kensaku-{role}",
         },
+        # asyncpg's own limit on every call, a little above the server's, for a server that
+        # no longer answers at all.
+        command_timeout=timeout_ms / 1000 + 5,
     )
     assert pool is not None
     return pool

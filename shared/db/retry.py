@@ -1,19 +1,19 @@
 """Run a unit of work in a transaction, retrying when Postgres aborts it for a deadlock or a
-serialization failure (concurrent workers updating the same BM25 statistics rows can deadlock).
+serialization failure (concurrent uploads, workers and deletes touching the same documents or
+statistics rows), with tenacity's jittered backoff.
 """
 
 from __future__ import annotations
 
-import asyncio
-import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import asyncpg
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random
 
 T = TypeVar("T")
 
-_RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 
 
 async def retry_transaction(
@@ -22,12 +22,13 @@ async def retry_transaction(
     *,
     attempts: int = 5,
 ) -> T:
-    for attempt in range(1, attempts + 1):
-        try:
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception_type(RETRYABLE),
+        stop=stop_after_attempt(attempts),
+        wait=wait_random(0.01, 0.05),
+        reraise=True,
+    ):
+        with attempt:
             async with pool.acquire() as conn, conn.transaction():
                 return await work(conn)
-        except _RETRYABLE:
-            if attempt == attempts:
-                raise
-            await asyncio.sleep(random.uniform(0.01, 0.05) * attempt)
     raise AssertionError("unreachable")

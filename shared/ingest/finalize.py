@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 VACUUM_SHARE = 0.1
 _BUILD_LOCK = 0x6B656E73
 _JOB_LOCK = 0x6B656E6A
+# Client-side limit for VACUUM and index builds (the pool's default is for ordinary tasks).
+_LONG = 24 * 3600.0
 
 
 async def finalize_job(
@@ -50,17 +52,20 @@ async def finalize_job(
     async with pool.acquire() as conn:
         if not await conn.fetchval(Q.try_advisory_lock, *lock):
             return False
+        # VACUUM and an index build may run long; the pool's statement limit is for tasks.
+        await conn.execute(Q.set_session, "statement_timeout", "0")
         try:
             if job["total"] >= VACUUM_SHARE * max(job["documents"], 1):
                 tables = "documents, chunks, postings, lexeme_stats, collection_stats"
                 if table is not None and await _has_partition(conn, table, collection_id):
                     tables += f", {table.partition(collection_id)}"
                 # VACUUM runs outside a transaction; the names come from the registry.
-                await conn.execute(Q.vacuum_tables.format(tables=tables))
+                await conn.execute(Q.vacuum_tables.format(tables=tables), timeout=_LONG)
             if table is not None:
                 await build_vector_index(conn, table, collection_id, settings)
             finished = await conn.fetchval(Q.finish_job, job_id)
         finally:
+            await conn.execute(Q.reset_statement_timeout)
             await conn.execute(Q.advisory_unlock, *lock)
     log.info(
         "job %s finished (collection %s, %d documents) after %.1f s of finalizing",
@@ -109,7 +114,7 @@ async def build_vector_index(
             Q.set_local, "max_parallel_maintenance_workers", str(settings.hnsw_build_workers)
         )
         started = time.perf_counter()
-        await conn.execute(table.sql(Q.create_partition_index, collection_id))
+        await conn.execute(table.sql(Q.create_partition_index, collection_id), timeout=_LONG)
     log.info(
         "built %s over %d vectors in %.1f s",
         table.index(collection_id),

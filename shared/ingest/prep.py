@@ -88,6 +88,7 @@ class PrepResult:
     failed: list[int] = field(default_factory=list)
     skipped: int = 0  # not queued any more (already done, deleted, or changed meanwhile)
     chunks: int = 0
+    chunk_counts: dict[int, int] = field(default_factory=dict)  # of the prepped documents
     jobs: set[uuid.UUID] = field(default_factory=set)
 
 
@@ -217,6 +218,7 @@ async def prep_documents(
         result.indexed.clear()
         result.failed.clear()
         result.chunks = 0
+        result.chunk_counts.clear()
         current = await conn.fetch(Q.lock_versions, list(by_id))
         # Only the version we read gets our chunks; a newer upload is queued again anyway.
         live = {
@@ -273,6 +275,7 @@ async def prep_documents(
         if inline is None:
             result.prepped = [i for i in ok if prepared[i]]
             result.indexed = [i for i in ok if not prepared[i]]
+            result.chunk_counts = {i: len(prepared[i]) for i in result.prepped}
         else:
             result.indexed = ok
         await conn.execute(Q.mark_prepped, result.prepped)

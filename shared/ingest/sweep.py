@@ -1,7 +1,15 @@
 """The sweeper: Postgres is the source of truth, Redis only a work signal. Documents that stay
-pending after a grace period while the queues are idle had their message lost (Redis restarted or
-flushed, a worker killed with a task in hand) and are enqueued again. Tasks are idempotent, so a
-document enqueued twice is harmless.
+pending past a grace period had their message lost (Redis restarted or flushed, a worker killed
+with a task in hand) and are enqueued again; jobs with nothing pending whose finalize task was
+lost get it again. Tasks are idempotent, so a document enqueued twice is harmless, only wasted
+work, which is why the grace period depends on the stage's queue:
+
+- the stage's queue is empty: nothing is on its way, ``sweep_grace_seconds`` suffices;
+- it has a backlog: the documents may still be in it, so only those pending ten times longer
+  are taken. Lost work is recovered under steady load too, and a backlog on one stage never
+  holds up the other.
+
+Each stage is handled on its own; queue depths come from the broker through kombu.
 """
 
 from __future__ import annotations
@@ -10,54 +18,45 @@ import asyncio
 import logging
 
 import asyncpg
-import redis.asyncio as aioredis
 from celery import Celery
 
 from shared.config import Settings
 from shared.db.queries import Q
-from shared.metrics import queue_depths
-from shared.taskqueue import enqueue_embed, enqueue_finalize, enqueue_prep
+from shared.queues import EMBED_QUEUE, PREP_QUEUE
+from shared.taskqueue import enqueue_embed, enqueue_finalize, enqueue_prep, queue_depths
 
 log = logging.getLogger(__name__)
 
 SWEEP_LIMIT = 50_000
+BACKLOG_FACTOR = 10
 
 
-async def sweep_once(
-    pool: asyncpg.Pool, redis: aioredis.Redis, app: Celery, settings: Settings
-) -> tuple[int, int]:
+async def sweep_once(pool: asyncpg.Pool, app: Celery, settings: Settings) -> tuple[int, int]:
     """Re-enqueue lost work; return (prep, embed) document counts enqueued."""
-    depths = await queue_depths(redis)
-    # A backlog means messages are still on their way; its documents are not lost. Unacked
-    # messages do not count: those of a killed worker stay there for the visibility timeout.
-    if any(n for queue, n in depths.items() if queue != "unacked"):
-        return 0, 0
-    rows = await pool.fetch(Q.claim_pending, settings.sweep_grace_seconds, SWEEP_LIMIT)
-    prep = [r["id"] for r in rows if r["status"] == "queued"]
-    embed = [r["id"] for r in rows if r["status"] == "prepped"]
-    if prep:
-        await asyncio.to_thread(enqueue_prep, app, prep, settings.prep_batch_size)
-    if embed:
-        await asyncio.to_thread(enqueue_embed, app, embed, settings.prep_batch_size)
-    if prep or embed:
-        log.warning(
-            "sweeper re-enqueued %d documents for prep and %d for embed", len(prep), len(embed)
-        )
-    jobs = [
-        r["id"]
-        for r in await pool.fetch(Q.stale_unfinished_jobs, settings.sweep_grace_seconds, 100)
-    ]
+    depths = await asyncio.to_thread(queue_depths, app, (PREP_QUEUE, EMBED_QUEUE))
+    grace = settings.sweep_grace_seconds
+    counts = []
+    for status, queue, enqueue in (
+        ("queued", PREP_QUEUE, enqueue_prep),
+        ("prepped", EMBED_QUEUE, enqueue_embed),
+    ):
+        age = grace if depths.get(queue, 0) == 0 else grace * BACKLOG_FACTOR
+        rows = await pool.fetch(Q.claim_pending, status, age, SWEEP_LIMIT)
+        ids = [r["id"] for r in rows]
+        if ids:
+            await asyncio.to_thread(enqueue, app, ids, settings.prep_batch_size)
+            log.warning("sweeper re-enqueued %d %s documents on %s", len(ids), status, queue)
+        counts.append(len(ids))
+    jobs = [r["id"] for r in await pool.fetch(Q.stale_unfinished_jobs, grace, 100)]
     if jobs:
         await asyncio.to_thread(enqueue_finalize, app, jobs)
-    return len(prep), len(embed)
+    return counts[0], counts[1]
 
 
-async def sweep_forever(
-    pool: asyncpg.Pool, redis: aioredis.Redis, app: Celery, settings: Settings
-) -> None:
+async def sweep_forever(pool: asyncpg.Pool, app: Celery, settings: Settings) -> None:
     while True:
         try:
-            await sweep_once(pool, redis, app, settings)
+            await sweep_once(pool, app, settings)
         except asyncio.CancelledError:
             raise
         except Exception:  # the broker or database may be down; try again next round

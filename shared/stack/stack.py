@@ -133,8 +133,13 @@ class Stack:
         return self._spawn(
             "api",
             [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1",
-             "--port", str(self.api_port), "--no-access-log"],
+             "--port", str(self.api_port), "--no-access-log",
+             "--timeout-graceful-shutdown", str(self._shutdown_seconds())],
         )  # fmt: skip
+
+    def _shutdown_seconds(self) -> int:
+        default = Settings.model_fields["shutdown_timeout_seconds"].default
+        return max(1, int(float(self.env().get("KENSAKU_SHUTDOWN_TIMEOUT_SECONDS", default))))
 
     def start_worker(self, name: str = "worker") -> Proc:
         return self._spawn(

@@ -44,8 +44,16 @@ def keyed_api(stack: Any) -> Iterator[str]:
                 time.sleep(0.2)
         yield url
     finally:
+        # SIGTERM must end it within its shutdown timeout (10 s); kill only to clean up after
+        # a failure, which the assertion then reports.
         proc.terminate()
-        proc.wait(20)
+        try:
+            code = proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+            raise AssertionError("kensaku serve ignored SIGTERM for 30 s") from None
+        assert code is not None
 
 
 @pytest.mark.parametrize(

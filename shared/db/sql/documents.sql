@@ -89,19 +89,20 @@ ORDER BY e.at, e.id
 LIMIT $2;
 
 -- name: claim_pending
--- The sweeper: documents pending for longer than the grace period whose queue message may have
--- been lost. Claiming bumps updated_at, so the next sweep waits a full grace period again, and
--- SKIP LOCKED lets several sweepers (one per API process) split the work instead of doubling it.
+-- The sweeper: documents in status $1 pending for longer than $2 seconds, whose queue message
+-- may have been lost. Claiming bumps updated_at, so the next sweep waits a full grace period
+-- again, and SKIP LOCKED lets several sweepers (one per API process) split the work instead of
+-- doubling it.
 UPDATE documents d SET updated_at = now()
 FROM (
     SELECT id FROM documents
-    WHERE status IN ('queued', 'prepped') AND updated_at < now() - make_interval(secs => $1)
+    WHERE status = $1::document_status AND updated_at < now() - make_interval(secs => $2)
     ORDER BY id
-    LIMIT $2
+    LIMIT $3
     FOR UPDATE SKIP LOCKED
 ) p
 WHERE d.id = p.id
-RETURNING d.id, d.status::text AS status;
+RETURNING d.id;
 
 -- name: status_counts
 SELECT status::text AS status, count(*) AS n FROM documents GROUP BY 1;
@@ -159,3 +160,10 @@ SELECT pg_try_advisory_lock($1::integer, $2::integer);
 
 -- name: advisory_unlock
 SELECT pg_advisory_unlock($1::integer, $2::integer);
+
+-- name: set_session
+-- A setting for the rest of the session (the caller resets it before the connection goes back).
+SELECT set_config($1, $2, false);
+
+-- name: reset_statement_timeout
+RESET statement_timeout;
