@@ -33,6 +33,8 @@ def stack() -> Iterator[Any]:
         "KENSAKU_SWEEP_GRACE_SECONDS": "3",
         "KENSAKU_SWEEP_INTERVAL_SECONDS": "1",
         "KENSAKU_PREP_BATCH_SIZE": "8",
+        # So the idle-upload test sees a 408 within seconds.
+        "KENSAKU_UPLOAD_IDLE_TIMEOUT_SECONDS": "2",
         "KENSAKU_MODELS_DIR": os.environ["KENSAKU_MODELS_DIR"],
     }
     try:

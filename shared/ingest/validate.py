@@ -149,6 +149,11 @@ def validate_document(obj: Any, settings: Settings) -> ValidDocument:
         raise DocumentRejected("id contains control characters")
     if external_id != external_id.strip():
         raise DocumentRejected("id starts or ends with whitespace")
+    if any(part in (".", "..") for part in external_id.split("/")):
+        # /v1/documents/{collection}/{id} must reach it; clients drop dot segments from URLs.
+        raise DocumentRejected(
+            "id has a '.' or '..' segment between slashes, which URLs cannot carry"
+        )
     _check_text(external_id, "id")
 
     text = obj.get("text")

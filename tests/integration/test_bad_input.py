@@ -5,7 +5,10 @@ are still stored, and nothing accepted before is touched.
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -153,3 +156,126 @@ def test_ndjson_invalid_utf8_line(api: httpx.Client, collection: str) -> None:
     out = resp.json()
     assert out["accepted"] == 1
     assert out["rejected"][0]["index"] == 1 and "UTF-8" in out["rejected"][0]["error"]
+
+
+# --- input that used to reach a 500 -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("literal", "reason"),
+    [("NaN", "NaN"), ("Infinity", "Infinity"), ("-Infinity", "-Infinity"), ("1e999", "range")],
+)
+def test_non_finite_numbers_reject_their_document_only(
+    api: httpx.Client, collection: str, literal: str, reason: str
+) -> None:
+    # Python's json reads these; PostgreSQL's jsonb does not.
+    bad = '{"id": "n", "text": "本文", "metadata": {"x": ' + literal + "}}"
+    good = json.dumps(GOOD, ensure_ascii=False)
+    body = f'{{"collection": "{collection}", "documents": [{good}, {bad}]}}'
+    resp = post_raw(api, body.encode())
+    assert resp.status_code == 202, resp.text
+    out = resp.json()
+    assert out["accepted"] == 1
+    assert out["rejected"][0]["id"] == "n" and reason in out["rejected"][0]["error"]
+    assert wait_job(api, out["job_id"])["status"] == "done"
+
+
+def test_deep_metadata_is_rejected_per_document(api: httpx.Client, collection: str) -> None:
+    deep: Any = "leaf"
+    for _ in range(40):
+        deep = {"k": deep}
+    docs = [GOOD, {"id": "deep", "text": "本文", "metadata": deep}]
+    out = post_json(api, {"collection": collection, "documents": docs}).json()
+    assert out["accepted"] == 1 and "nested deeper than 32" in out["rejected"][0]["error"]
+
+
+def test_nesting_past_the_parser_is_a_400_or_a_rejected_line(
+    api: httpx.Client, collection: str
+) -> None:
+    deep = "[" * 5000 + "]" * 5000
+    doc = '{"id": "d", "text": "本文", "metadata": ' + deep + "}"
+    resp = post_raw(api, f'{{"collection": "{collection}", "documents": [{doc}]}}'.encode())
+    assert resp.status_code == 400 and "nested too deeply" in resp.json()["detail"]
+    # In NDJSON only that line goes.
+    lines = json.dumps(GOOD, ensure_ascii=False) + '\n{"id": "d", "metadata": ' + deep + "}\n"
+    resp = api.post(
+        "/v1/documents",
+        params={"collection": collection},
+        content=lines.encode(),
+        headers={"Content-Type": "application/x-ndjson"},
+    )
+    assert resp.status_code == 202, resp.text
+    out = resp.json()
+    assert out["accepted"] == 1 and out["rejected"][0]["index"] == 1
+    assert "nested too deeply" in out["rejected"][0]["error"]
+
+
+@pytest.mark.parametrize(
+    "doc_id", ["a/b", "https://example.com/ページ?q=1#x", "...", "日本語/ファイル.txt", "%2F"]
+)
+def test_any_id_can_be_read_and_deleted(api: httpx.Client, collection: str, doc_id: str) -> None:
+    out = post_json(
+        api, {"collection": collection, "documents": [{"id": doc_id, "text": "本文です。"}]}
+    ).json()
+    assert out["accepted"] == 1
+    wait_job(api, out["job_id"])
+    path = f"/v1/documents/{collection}/{quote(doc_id, safe='')}"
+    got = api.get(path)
+    assert got.status_code == 200 and got.json()["id"] == doc_id
+    assert api.delete(path).status_code == 200
+    assert api.get(path).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("doc_id", "reason"),
+    [("a\tb", "control"), (" a", "whitespace"), ("..", "segment"), ("a/./b", "segment")],
+)
+def test_odd_ids_are_refused_with_the_reason(
+    api: httpx.Client, collection: str, doc_id: str, reason: str
+) -> None:
+    out = post_json(
+        api, {"collection": collection, "documents": [GOOD, {"id": doc_id, "text": "本文"}]}
+    ).json()
+    assert out["accepted"] == 1 and reason in out["rejected"][0]["error"]
+
+
+def test_an_upload_that_goes_quiet_gets_408_and_stores_nothing(
+    api: httpx.Client, collection: str
+) -> None:
+    def slow() -> Iterator[bytes]:
+        yield (json.dumps(GOOD, ensure_ascii=False) + "\n").encode()
+        time.sleep(4)  # the test stack's idle timeout is 2 s
+        yield '{"id": "late", "text": "遅い。"}\n'.encode()
+
+    resp = api.post(
+        "/v1/documents",
+        params={"collection": collection},
+        content=slow(),
+        headers={"Content-Type": "application/x-ndjson"},
+    )
+    assert resp.status_code == 408, resp.text
+    assert api.get(f"/v1/documents/{collection}/good").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"query": "東京", "filter": {"x": float("nan")}}, "finite"),
+        ({"query": "東京", "filter": {f"k{i}": 1 for i in range(17)}}, "at most 16"),
+        ({"query": "東京", "filter": {"k": list(range(65))}}, "at most 64"),
+        ({"query": "東\x00京"}, "NUL"),
+        ({"query": "東京", "top_k": 0}, "top_k"),
+        ({"query": "東京", "mode": "fuzzy"}, "mode"),
+    ],
+)
+def test_bad_search_requests_are_422(api: httpx.Client, body: dict[str, Any], field: str) -> None:
+    raw = json.dumps({"collection": "default", **body}).encode()  # NaN as Python writes it
+    resp = api.post("/v1/search", content=raw, headers={"Content-Type": "application/json"})
+    assert resp.status_code == 422, resp.text
+    assert field in resp.text
+
+
+def test_oversized_search_body_is_refused_before_parsing(api: httpx.Client) -> None:
+    raw = json.dumps({"query": "東京", "collection": "x" * (2 * 1024 * 1024)}).encode()
+    resp = api.post("/v1/search", content=raw, headers={"Content-Type": "application/json"})
+    assert resp.status_code == 413
