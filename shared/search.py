@@ -63,12 +63,35 @@ _QUERIES: dict[tuple[Mode, bool], str] = {
 }
 
 
+def _storable(value: object) -> bool:
+    """A string metadata could hold (uploads refuse NUL and lone surrogates anywhere)."""
+    if not isinstance(value, str):
+        return True
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def matchable(flt: dict[str, FilterValue | list[FilterValue]] | None) -> bool:
+    """False when some key, or every value of some key, is a string no document can hold: no
+    document passes such a filter, and PostgreSQL could not even read it."""
+    for key, value in (flt or {}).items():
+        values = value if isinstance(value, list) else [value]
+        if not _storable(key) or not any(_storable(v) for v in values):
+            return False
+    return True
+
+
 def filter_groups(flt: dict[str, FilterValue | list[FilterValue]] | None) -> str:
     """The metadata filter as jsonb for the SQL: every key must match, a list means any-of."""
     groups = []
     for key, value in (flt or {}).items():
         values = value if isinstance(value, list) else [value]
-        groups.append([{key: v} for v in values])
+        groups.append([{key: v} for v in values if _storable(v)])
     return json.dumps(groups, ensure_ascii=False)
 
 
@@ -150,7 +173,9 @@ async def search(
     timeout = settings.search_timeout_ms / 1000
     terms = query_terms(params.query)
     try:
-        if mode == "lexical":
+        if not matchable(params.filter):
+            pass  # nothing can pass the filter
+        elif mode == "lexical":
             q = lexical_query(terms, settings)
             if q.words:
                 rows = await pool.fetch(

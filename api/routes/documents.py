@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
 from api.bodies import DocumentFilter, Spool, read_json, read_ndjson
-from api.deps import state_of
+from api.deps import State
+from api.schemas import Deleted, Document, UploadAccepted, errors
 from shared import metrics
 from shared.db.documents import delete_document, get_document
 from shared.errors import RejectError
@@ -19,34 +19,70 @@ from shared.ingest.validate import DocumentRejected, check_collection
 from shared.taskqueue import enqueue_prep
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1", tags=["documents"])
+router = APIRouter(prefix="/v1", tags=["documents"], responses=errors(401, 404, 422, 503))
 
 _NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
+
+# The JSON body as the schema can say it. Validation goes further (normalized text not empty,
+# no NUL, metadata depth, sizes) and refuses a document on its own, with its reason.
+UPLOAD_SCHEMA = {
+    "type": "object",
+    "required": ["documents"],
+    "additionalProperties": False,
+    "properties": {
+        "collection": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"},
+        "documents": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": 10_000,
+            "items": {
+                "type": "object",
+                "required": ["id", "text"],
+                "additionalProperties": False,
+                "properties": {
+                    "id": {"type": "string", "minLength": 1, "maxLength": 512},
+                    "title": {"type": "string", "maxLength": 2000},
+                    "text": {"type": "string", "minLength": 1},
+                    "metadata": {"type": "object"},
+                },
+            },
+        },
+    },
+}
 
 
 @router.post(
     "/documents",
     status_code=202,
+    response_model=UploadAccepted,
+    responses=errors(400, 408, 413, 415),
     summary="Upload documents (JSON object or NDJSON stream)",
     openapi_extra={
         "requestBody": {
+            "required": True,
             "content": {
                 "application/json": {
+                    "schema": UPLOAD_SCHEMA,
                     "example": {
                         "collection": "default",
                         "documents": [{"id": "doc-1", "title": "検索", "text": "全文検索の話。"}],
+                    },
+                },
+                "application/x-ndjson": {
+                    "schema": {
+                        "type": "string",
+                        "description": "One document object per line, as in 'documents'",
                     }
                 },
-                "application/x-ndjson": {"schema": {"type": "string"}},
-            }
+            },
         }
     },
 )
 async def upload_documents(
     request: Request,
+    st: State,
     collection: str | None = Query(None, description="Collection for NDJSON uploads"),
 ) -> JSONResponse:
-    st = state_of(request)
     settings = st.settings
     filt = DocumentFilter(settings)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -97,25 +133,27 @@ async def upload_documents(
         "upload job=%s collection=%s accepted=%d unchanged=%d rejected=%d",
         stored.job_id, name, stored.accepted, stored.unchanged, len(filt.rejected),
     )  # fmt: skip
-    body: dict[str, Any] = {
-        "job_id": str(stored.job_id),
-        "accepted": stored.accepted,
-        "unchanged": stored.unchanged,
-        "rejected": filt.rejected,
-    }
-    return JSONResponse(body, status_code=202)
+    body = UploadAccepted.model_validate(
+        {
+            "job_id": str(stored.job_id),
+            "accepted": stored.accepted,
+            "unchanged": stored.unchanged,
+            "rejected": filt.rejected,
+        }
+    )
+    return JSONResponse(body.model_dump(), status_code=202)
 
 
 # {doc_id:path}: an id may hold '/' (it is any string without control characters).
 @router.get("/documents/{collection}/{doc_id:path}", summary="Read one document and its status")
-async def read_document(request: Request, collection: str, doc_id: str) -> dict[str, Any]:
-    return await get_document(state_of(request).pool, collection, doc_id)
+async def read_document(st: State, collection: str, doc_id: str) -> Document:
+    return Document.model_validate(await get_document(st.pool, collection, doc_id))
 
 
 @router.delete(
     "/documents/{collection}/{doc_id:path}",
     summary="Delete a document, its chunks and embeddings",
 )
-async def remove_document(request: Request, collection: str, doc_id: str) -> dict[str, Any]:
-    await delete_document(state_of(request).pool, collection, doc_id)
-    return {"collection": collection, "id": doc_id, "deleted": True}
+async def remove_document(st: State, collection: str, doc_id: str) -> Deleted:
+    await delete_document(st.pool, collection, doc_id)
+    return Deleted(collection=collection, id=doc_id, deleted=True)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from api.deps import state_of
+from api.deps import State
+from api.schemas import Health, Readiness
 from shared.db.queries import Q
 
 log = logging.getLogger(__name__)
@@ -17,13 +18,17 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz", summary="The process is alive")
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+async def healthz() -> Health:
+    return Health(status="ok")
 
 
-@router.get("/readyz", summary="Database, broker and model are ready")
-async def readyz(request: Request) -> JSONResponse:
-    st = state_of(request)
+@router.get(
+    "/readyz",
+    summary="Database, broker and model are ready",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "The database or the broker is down"}},
+)
+async def readyz(st: State) -> JSONResponse:
     checks: dict[str, Any] = {}
     # What failed is logged; the answer says only that it did (no internals to clients).
     try:
@@ -49,4 +54,5 @@ async def readyz(request: Request) -> JSONResponse:
         "dimensions_stored": st.table.dimension,
     }
     ready = checks["database"] == "ok" and checks["broker"] == "ok"
-    return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
+    body = Readiness.model_validate({"ready": ready, **checks}).model_dump()
+    return JSONResponse(body, status_code=200 if ready else 503)

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from fastapi import APIRouter
 
-from fastapi import APIRouter, Request
-
-from api.deps import state_of
+from api.deps import State
+from api.schemas import Job, errors
 from shared.db.documents import job_status
 
-router = APIRouter(prefix="/v1", tags=["jobs"])
+router = APIRouter(prefix="/v1", tags=["jobs"], responses=errors(401, 404, 503))
 
 
 @router.get("/jobs/{job_id}", summary="Progress of an upload job")
-async def get_job(request: Request, job_id: str) -> dict[str, Any]:
-    return await job_status(state_of(request).pool, job_id)
+async def get_job(st: State, job_id: str) -> Job:
+    return Job.model_validate(await job_status(st.pool, job_id))

@@ -2,78 +2,50 @@
 
 from __future__ import annotations
 
-import math
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from api.deps import state_of
-from shared.search import FilterValue, Mode, SearchParams, search
+from api.deps import State
+from api.schemas import errors
+from shared.ingest.validate import COLLECTION_NAME
+from shared.search import Mode, SearchParams, search
 
-router = APIRouter(prefix="/v1", tags=["search"])
+router = APIRouter(prefix="/v1", tags=["search"], responses=errors(401, 404, 413, 422, 503))
 
 MAX_QUERY_CHARS = 2000
 MAX_FILTER_KEYS = 16
 MAX_FILTER_VALUES = 64
 MAX_FILTER_KEY_CHARS = 256
 
-
-def _check_string(value: str, what: str) -> None:
-    if "\x00" in value:
-        raise ValueError(f"{what} contains a NUL character")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError(f"{what} contains an unpaired surrogate (not valid Unicode)") from None
+# Every limit the schema can state is stated there; the API refuses nothing else.
+FilterScalar = str | int | Annotated[float, Field(allow_inf_nan=False)] | bool
+FilterKey = Annotated[str, StringConstraints(min_length=1, max_length=MAX_FILTER_KEY_CHARS)]
+FilterValues = Annotated[list[FilterScalar], Field(min_length=1, max_length=MAX_FILTER_VALUES)]
+Filter = Annotated[dict[FilterKey, FilterScalar | FilterValues], Field(max_length=MAX_FILTER_KEYS)]
 
 
 class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    query: str = Field(..., description="The question or keywords, in Japanese or otherwise")
-    collection: str = "default"
+    query: Annotated[
+        str,
+        StringConstraints(min_length=1, max_length=MAX_QUERY_CHARS, pattern=r"\S"),
+        Field(description="The question or keywords, in Japanese or otherwise"),
+    ]
+    collection: Annotated[str, StringConstraints(pattern=COLLECTION_NAME.pattern)] = "default"
     top_k: int = Field(10, ge=1, le=100)
     mode: Mode = "hybrid"
-    filter: dict[str, FilterValue | list[FilterValue]] | None = Field(
+    filter: Filter | None = Field(
         None, description="Metadata equality per key; a list means any of its values"
     )
 
     @field_validator("query")
     @classmethod
-    def _query_text(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("query is empty or only whitespace")
-        if len(v) > MAX_QUERY_CHARS:
-            raise ValueError(f"query is longer than {MAX_QUERY_CHARS} characters")
-        _check_string(v, "query")
-        return v
-
-    @field_validator("filter")
-    @classmethod
-    def _filter_lists(
-        cls, v: dict[str, FilterValue | list[FilterValue]] | None
-    ) -> dict[str, FilterValue | list[FilterValue]] | None:
-        if v and len(v) > MAX_FILTER_KEYS:
-            raise ValueError(f"filter has {len(v)} keys, at most {MAX_FILTER_KEYS} are allowed")
-        for key, value in (v or {}).items():
-            if len(key) > MAX_FILTER_KEY_CHARS:
-                raise ValueError(f"filter key is longer than {MAX_FILTER_KEY_CHARS} characters")
-            _check_string(key, "filter key")
-            values = value if isinstance(value, list) else [value]
-            if not values:
-                raise ValueError(f"filter value for {key!r} is an empty list")
-            if len(values) > MAX_FILTER_VALUES:
-                raise ValueError(
-                    f"filter value for {key!r} lists {len(values)} values, at most "
-                    f"{MAX_FILTER_VALUES} are allowed"
-                )
-            for item in values:
-                if isinstance(item, float) and not math.isfinite(item):
-                    raise ValueError(f"filter value for {key!r} is not a finite number")
-                if isinstance(item, str):
-                    _check_string(item, f"filter value for {key!r}")
-        return v
+    def _valid_unicode(cls, v: str) -> str:
+        # A lone surrogate has no UTF-8 form; as a replacement character it matches nothing.
+        return v.encode("utf-8", "replace").decode("utf-8")
 
 
 class Hit(BaseModel):
@@ -92,8 +64,7 @@ class SearchResponse(BaseModel):
 
 
 @router.post("/search", summary="Vector, lexical or hybrid search over a collection")
-async def search_route(request: Request, body: SearchRequest) -> SearchResponse:
-    st = state_of(request)
+async def search_route(st: State, body: SearchRequest) -> SearchResponse:
     params = SearchParams(body.query, body.collection, body.top_k, body.mode, body.filter)
     found = await search(st.pool, st.embedder, st.table, st.settings, params, st.collections)
     return SearchResponse.model_validate(found)
