@@ -48,5 +48,7 @@ RUN useradd --create-home --uid 10001 kensaku \
 USER 10001:10001
 
 ENTRYPOINT ["/bin/sh", "-c", "if [ -n \"$PROMETHEUS_MULTIPROC_DIR\" ]; then rm -rf \"$PROMETHEUS_MULTIPROC_DIR\" && mkdir -p \"$PROMETHEUS_MULTIPROC_DIR\"; fi; exec \"$@\"", "entrypoint"]
-CMD ["uvicorn", "api.main:app", "--host", "0.0.0.0", "--port", "8000", "--workers", "4"]
+# `kensaku serve` binds KENSAKU_HOST (default 127.0.0.1) and refuses a public address without
+# API keys; docker-compose.yml sets both for the api service.
+CMD ["kensaku", "serve", "--workers", "4"]
 EXPOSE 8000 5555

@@ -1,5 +1,7 @@
-"""Bearer API keys. With KENSAKU_API_KEYS set, every /v1 route needs one of them; without keys
-the server only binds to loopback (checked at start-up in Settings.check_bind_allowed).
+"""Bearer API keys. With KENSAKU_API_KEYS set, every /v1 route and /metrics needs one of them.
+Without keys the API is for this machine only: the server refuses to start on a non-loopback
+KENSAKU_HOST, and whatever address it was actually bound to (``uvicorn --host 0.0.0.0``), a
+request that arrived on a non-loopback address is refused.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ import hmac
 
 from fastapi import Request
 
+from shared.config import is_loopback
 from shared.errors import RejectError
 
 
@@ -22,6 +25,13 @@ def _matches(given: str, keys: list[str]) -> bool:
 async def require_api_key(request: Request) -> None:
     keys: list[str] = request.app.state.kensaku.settings.api_key_list
     if not keys:
+        server = request.scope.get("server")
+        if server and not is_loopback(str(server[0])):
+            raise RejectError(
+                "this API has no keys (KENSAKU_API_KEYS) and serves this machine only; it was "
+                f"reached on {server[0]}",
+                status=403,
+            )
         return
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")

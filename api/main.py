@@ -83,7 +83,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     secured = [Depends(require_api_key)]
     small = settings.max_query_request_bytes  # uploads bound their bodies themselves
     app.include_router(health.router, max_body_size=small)
-    app.include_router(metrics_route.router, max_body_size=small)
+    # Metrics count documents for anyone who asks: behind the keys too (Prometheus sends them
+    # with `authorization: {credentials: ...}` in its scrape config, docs/deploy.md).
+    app.include_router(metrics_route.router, dependencies=secured, max_body_size=small)
     app.include_router(documents.router, dependencies=secured)
     app.include_router(jobs.router, dependencies=secured, max_body_size=small)
     app.include_router(search.router, dependencies=secured, max_body_size=small)

@@ -88,8 +88,13 @@ def cmd_reembed(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from shared.errors import ConfigError
+
     settings = get_settings()
-    settings.check_bind_allowed()
+    try:
+        settings.check_bind_allowed()
+    except ConfigError as exc:
+        return _fail(str(exc))
     uvicorn.run(
         "api.main:app",
         host=settings.host,

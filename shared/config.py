@@ -15,6 +15,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.errors import ConfigError
+
 # The model that `kensaku model build` makes from the chiVe vectors shipped in the ja-ginza wheel.
 DEFAULT_MODEL = "kensaku/chive-sudachi-300"
 
@@ -159,20 +161,24 @@ class Settings(BaseSettings):
         return [k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip()]
 
     def check_bind_allowed(self) -> None:
-        """Refuse to serve an open API on a non-loopback address."""
-        if self.api_key_list:
+        """Refuse to serve an open API on a non-loopback address (a ConfigError). The API also
+        refuses, per request, keyless clients reaching it on any other address (api/auth.py):
+        this check knows only the setting, not what the server was told to bind."""
+        if self.api_key_list or is_loopback(self.host):
             return
-        if self.host == "localhost":
-            return
-        try:
-            loopback = ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            loopback = False
-        if not loopback:
-            raise SystemExit(
-                f"refusing to bind the API to {self.host}: KENSAKU_API_KEYS is empty. "
-                "Set API keys or bind to 127.0.0.1."
-            )
+        raise ConfigError(
+            f"refusing to bind the API to {self.host}: KENSAKU_API_KEYS is empty. "
+            "Set API keys or bind to 127.0.0.1."
+        )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @lru_cache(maxsize=1)

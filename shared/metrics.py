@@ -173,10 +173,19 @@ async def _guarded(name: str, coro: Awaitable[dict[str, int]]) -> dict[str, int]
     return result
 
 
+# Documents per status is a scan of the documents table: at most once per this many seconds,
+# however often /metrics is scraped (or requested by a client).
+DOCUMENT_COUNTS_TTL_S = 15.0
+_counted_at = -float("inf")
+
+
 async def collect_gauges(pool: _Pool | None, app: Celery | None) -> None:
     """Refresh the scrape-time gauges; call right before `render_latest()` in GET /metrics."""
+    global _counted_at
     tasks: dict[str, Awaitable[dict[str, int] | None]] = {}
-    if pool is not None:
+    now = time.monotonic()
+    if pool is not None and (GAUGES.documents is None or now - _counted_at > DOCUMENT_COUNTS_TTL_S):
+        _counted_at = now
         tasks["postgres"] = _guarded("postgres", pending_counts(pool))
     if app is not None:
         tasks["redis"] = _guarded("redis", asyncio.to_thread(queue_depths, app))

@@ -112,12 +112,12 @@ class Stack:
         env.update(self.extra_env)
         return env
 
-    def _spawn(self, name: str, args: list[str]) -> Proc:
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Proc:
         log_path = self.data_dir / "logs" / f"{name}.log"
         log = open(log_path, "ab")  # the child writes to it; our handle closes after the spawn
         popen = subprocess.Popen(
             args,
-            env=self.env(),
+            env=self.env() | (env or {}),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -151,6 +151,8 @@ class Stack:
         )  # fmt: skip
 
     def start_flower(self) -> Proc:
+        # The password goes in the environment (FLOWER_BASIC_AUTH), not on the command line,
+        # where `ps` would show it.
         self.flower_port = self.flower_port or free_port()
         self.flower_password = (
             self.flower_password
@@ -162,9 +164,9 @@ class Stack:
             "flower",
             [sys.executable, "-m", "celery", "-A", "worker.celery_app", "flower",
              "--address=127.0.0.1", f"--port={self.flower_port}",
-             f"--basic-auth={self.flower_user}:{self.flower_password}",
              "--persistent=True", f"--db={self.data_dir / 'flower.db'}",
              "--purge_offline_workers=60"],
+            env={"FLOWER_BASIC_AUTH": f"{self.flower_user}:{self.flower_password}"},
         )  # fmt: skip
 
     def start(self, timeout: float = 180.0) -> None:

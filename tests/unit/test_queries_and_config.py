@@ -44,7 +44,7 @@ def test_bind_rule() -> None:
     Settings(host="127.0.0.1").check_bind_allowed()
     Settings(host="::1").check_bind_allowed()
     Settings(host="0.0.0.0", api_keys="k1").check_bind_allowed()
-    with pytest.raises(SystemExit, match="refusing to bind"):
+    with pytest.raises(ConfigError, match="refusing to bind"):
         Settings(host="0.0.0.0").check_bind_allowed()
     assert Settings(api_keys=" a, ,b ").api_key_list == ["a", "b"]
 
@@ -73,3 +73,35 @@ def test_migration_discovery(tmp_path: Path) -> None:
     (tmp_path / "notes.sql").write_text("")
     with pytest.raises(ConfigError, match=r"NNNN_name\.sql"):
         discover(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("server", "keys", "allowed"),
+    [
+        (("127.0.0.1", 8000), "", True),
+        (("::1", 8000), "", True),
+        (("10.1.2.3", 8000), "", False),  # bound to 0.0.0.0, reached from the network
+        (("10.1.2.3", 8000), "k1", True),  # with keys: allowed here, the key decides below
+    ],
+)
+def test_a_keyless_api_serves_loopback_only_whatever_it_was_bound_to(
+    server: tuple[str, int], keys: str, allowed: bool
+) -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    from starlette.requests import Request
+
+    from api.auth import require_api_key
+    from shared.errors import RejectError
+
+    state = SimpleNamespace(kensaku=SimpleNamespace(settings=Settings(api_keys=keys)))
+    headers = [(b"authorization", b"Bearer k1")] if keys else []
+    scope = {"type": "http", "server": server, "headers": headers,
+             "app": SimpleNamespace(state=state)}  # fmt: skip
+    if allowed:
+        asyncio.run(require_api_key(Request(scope)))
+    else:
+        with pytest.raises(RejectError, match="serves this machine only") as exc:
+            asyncio.run(require_api_key(Request(scope)))
+        assert exc.value.status == 403
