@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 
 from fastapi import APIRouter
@@ -41,11 +42,42 @@ class SearchRequest(BaseModel):
         None, description="Metadata equality per key; a list means any of its values"
     )
 
-    @field_validator("query")
+    # The constraints above go into the schema; these say in words what a client got wrong,
+    # before the type checks answer in pydantic's.
+    @field_validator("query", mode="before")
     @classmethod
-    def _valid_unicode(cls, v: str) -> str:
-        # A lone surrogate has no UTF-8 form; as a replacement character it matches nothing.
-        return v.encode("utf-8", "replace").decode("utf-8")
+    def _query_text(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            if not v.strip():
+                raise ValueError("query is empty or only whitespace")
+            if len(v) > MAX_QUERY_CHARS:
+                raise ValueError(f"query is longer than {MAX_QUERY_CHARS} characters")
+            # A lone surrogate has no UTF-8 form; as a replacement character it matches nothing.
+            return v.encode("utf-8", "replace").decode("utf-8")
+        return v
+
+    @field_validator("filter", mode="before")
+    @classmethod
+    def _filter_shape(cls, v: Any) -> Any:
+        if not isinstance(v, dict):
+            return v
+        if len(v) > MAX_FILTER_KEYS:
+            raise ValueError(f"filter has {len(v)} keys, at most {MAX_FILTER_KEYS} are allowed")
+        for key, value in v.items():
+            if isinstance(key, str) and len(key) > MAX_FILTER_KEY_CHARS:
+                raise ValueError(f"filter key is longer than {MAX_FILTER_KEY_CHARS} characters")
+            values = value if isinstance(value, list) else [value]
+            if not values:
+                raise ValueError(f"filter value for {key!r} is an empty list")
+            if len(values) > MAX_FILTER_VALUES:
+                raise ValueError(
+                    f"filter value for {key!r} lists {len(values)} values, at most "
+                    f"{MAX_FILTER_VALUES} are allowed"
+                )
+            for item in values:
+                if isinstance(item, float) and not math.isfinite(item):
+                    raise ValueError(f"filter value for {key!r} is not a finite number")
+        return v
 
 
 class Hit(BaseModel):

@@ -275,24 +275,26 @@ def test_bad_search_requests_are_422(api: httpx.Client, body: dict[str, Any], fi
 
 
 @pytest.mark.parametrize(
-    "body",
+    ("body", "statuses"),
     [
-        {"query": "東\x00京"},
-        {"query": "東\ud800京"},
-        {"query": "東京", "filter": {"k\x00": "v"}},
-        {"query": "東京", "filter": {"k": ["\ud800", "\x00"]}},
+        ({"query": "東\x00京"}, {200}),
+        ({"query": "東京", "filter": {"k\x00": "v"}}, {200}),
+        ({"query": "東京", "filter": {"k": ["\x00", "v"]}}, {200}),
+        # A lone surrogate is not Unicode: refused while parsing, or replaced and not found.
+        ({"query": "東\ud800京"}, {200, 422}),
+        ({"query": "東京", "filter": {"k": "\ud800"}}, {200, 422}),
     ],
 )
 def test_odd_characters_in_a_search_are_answered(
-    api: httpx.Client, collection: str, body: dict[str, Any]
+    api: httpx.Client, collection: str, body: dict[str, Any], statuses: set[int]
 ) -> None:
     # A filter no stored document can pass finds nothing; a query is normalized like text.
     out = post_json(api, {"collection": collection, "documents": [GOOD]}).json()
     wait_job(api, out["job_id"])
     raw = json.dumps({"collection": collection, **body}).encode()
     resp = api.post("/v1/search", content=raw, headers={"Content-Type": "application/json"})
-    assert resp.status_code == 200, resp.text
-    if "filter" in body:
+    assert resp.status_code in statuses, resp.text
+    if resp.status_code == 200 and "filter" in body:
         assert resp.json()["hits"] == []
 
 
