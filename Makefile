@@ -35,6 +35,8 @@ run: $(MODEL_STAMP)
 
 test: $(MODEL_STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy api worker shared
 	$(BIN)/pytest
 
 lint: $(STAMP)

@@ -85,7 +85,7 @@ class Spool:
     def records(self) -> Iterator[tuple[str, str, str, str, bytes]]:
         self.file.seek(0)
         for rec in msgpack.Unpacker(self.file, raw=False, use_list=False):
-            yield tuple(rec)  # type: ignore[misc]
+            yield tuple(rec)
 
     def close(self) -> None:
         self.file.close()

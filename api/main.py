@@ -23,6 +23,7 @@ from api.middleware import RequestIdMiddleware
 from api.routes import documents, health, jobs, search
 from api.routes import metrics as metrics_route
 from api.state import AppState
+from shared.broker import make_celery_app
 from shared.config import Settings, get_settings
 from shared.db.embeddings import register_embedder
 from shared.db.pool import create_pool
@@ -31,7 +32,6 @@ from shared.errors import ConfigError, NotFoundError, RejectError, RetryableErro
 from shared.ingest.sweep import sweep_forever
 from shared.logging import configure_logging
 from shared.metrics import PrometheusMiddleware
-from shared.taskqueue import make_celery_app
 from shared.text.tokenize import get_tokenizer
 
 log = logging.getLogger(__name__)

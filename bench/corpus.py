@@ -38,7 +38,11 @@ def generate_documents(n: int, seed: int = 7) -> list[dict[str, Any]]:
         k = rng.choice([3, 4, 5, 6, 8, 10, 14, 20, 40])
         text = "".join(rng.choice(pool) for _ in range(k))
         docs.append(
-            {"id": f"bench-{i:07d}", "title": pool[i % len(pool)][:20], "text": text,
-             "metadata": {"group": i % 10}}
-        )  # fmt: skip
+            {
+                "id": f"bench-{i:07d}",
+                "title": pool[i % len(pool)][:20],
+                "text": text,
+                "metadata": {"group": i % 10},
+            }
+        )
     return docs

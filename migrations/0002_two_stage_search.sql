@@ -27,6 +27,9 @@ ALTER TABLE embedding_models ADD COLUMN vector_unit text NOT NULL DEFAULT 'chunk
     CHECK (vector_unit IN ('chunk', 'sentence'));
 
 DROP TABLE postings;
+-- Metadata filters test each candidate's metadata (@>) and never read this index; uploads paid
+-- for maintaining it.
+DROP INDEX IF EXISTS documents_metadata_idx;
 TRUNCATE chunks, lexeme_stats, collection_stats;
 UPDATE documents SET status = 'queued', attempts = 0, version = version + 1, updated_at = now()
 WHERE status <> 'failed';

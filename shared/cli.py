@@ -66,8 +66,8 @@ def cmd_reembed(args: argparse.Namespace) -> int:
     """Fill the configured model's table from existing chunks, after a model change."""
     import asyncpg
 
+    from shared.broker import enqueue_embed, make_celery_app
     from shared.db.queries import Q
-    from shared.taskqueue import enqueue_embed, make_celery_app
 
     settings = get_settings()
 
@@ -220,8 +220,10 @@ def _wait_job(
 def cmd_ingest(args: argparse.Namespace) -> int:
     api, headers = _api_url(args), _headers()
     body = _ingest_file(api, Path(args.file), args.collection, headers)
-    print(f"job {body['job_id']}: accepted {body['accepted']}, unchanged {body['unchanged']}, "
-          f"rejected {len(body['rejected'])}")  # fmt: skip
+    print(
+        f"job {body['job_id']}: accepted {body['accepted']}, unchanged {body['unchanged']}, "
+        f"rejected {len(body['rejected'])}"
+    )
     if args.wait:
         status = _wait_job(api, body["job_id"], headers, progress=True)
         print(json.dumps(status, ensure_ascii=False, indent=2))
@@ -236,8 +238,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    payload = {"query": args.query, "collection": args.collection, "top_k": args.top_k,
-               "mode": args.mode}  # fmt: skip
+    payload = {
+        "query": args.query,
+        "collection": args.collection,
+        "top_k": args.top_k,
+        "mode": args.mode,
+    }
     resp = httpx.post(f"{_api_url(args)}/v1/search", json=payload, headers=_headers(), timeout=60)
     if resp.status_code != 200:
         return _fail(f"search failed ({resp.status_code}): {resp.text}")
@@ -253,8 +259,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from shared.evaluate import run_eval
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    run_eval(_api_url(args), _headers(), Path(args.corpus), Path(args.queries), modes,
-             collection=args.collection)  # fmt: skip
+    run_eval(
+        _api_url(args),
+        _headers(),
+        Path(args.corpus),
+        Path(args.queries),
+        modes,
+        collection=args.collection,
+    )
     return 0
 
 
@@ -298,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="run the whole stack embedded, in the foreground")
     up.add_argument("--data-dir", default=".data", help="keeps data between runs")
     up.add_argument("--port", type=int, default=8000)
-    up.add_argument("--flower-port", type=int, default=5555)
+    up.add_argument("--flower-port", type=int, default=get_settings().flower_port)
     up.add_argument("--concurrency", type=int, default=2, help="worker processes")
     up.add_argument("--ingest", help="JSONL file to ingest once the stack is up")
     up.add_argument("--collection", default="default")

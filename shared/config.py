@@ -132,6 +132,8 @@ class Settings(BaseSettings):
     log_json: bool = False
     # Workers serve their own /metrics on this port (0 = off); see docs/deploy.md.
     metrics_port: int = Field(0, ge=0, le=65535)
+    # `kensaku up`'s Flower (docker-compose passes FLOWER_BASIC_AUTH to Flower itself); an
+    # empty password gets a random one, printed at start-up.
     flower_port: int = Field(5555, ge=0, le=65535)
     flower_user: str = "kensaku"
     flower_password: SecretStr = SecretStr("")

@@ -2,8 +2,7 @@
 
 - ``RejectError``: the client sent something we will not accept (the API answers 4xx).
 - ``NotFoundError``: the thing asked for does not exist (404).
-- ``RetryableError``: a transient failure (database or broker unavailable); retry with backoff.
-- ``DocumentError``: this one document cannot be processed; mark it failed, keep the batch going.
+- ``RetryableError``: a transient failure (a search over its time limit); the API answers 503.
 - ``ConfigError``: the deployment is wrong (model/table mismatch, bad settings); stop loudly.
 """
 
@@ -29,10 +28,6 @@ class NotFoundError(KensakuError):
 
 
 class RetryableError(KensakuError):
-    pass
-
-
-class DocumentError(KensakuError):
     pass
 
 

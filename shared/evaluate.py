@@ -175,8 +175,9 @@ def run_eval(
             tempfile.TemporaryDirectory(prefix="kensaku-eval-") as tmp,
             Stack(Path(tmp), flower=False) as stack,
         ):
-            results = evaluate(stack.api_url, headers, corpus, queries, modes,
-                               collection=collection)  # fmt: skip
+            results = evaluate(
+                stack.api_url, headers, corpus, queries, modes, collection=collection
+            )
     else:
         results = evaluate(api, headers, corpus, queries, modes, collection=collection)
     print(f"corpus {corpus}, queries {queries}")

@@ -40,8 +40,8 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from shared.broker import queue_depths
 from shared.db.queries import Q
-from shared.taskqueue import queue_depths
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -219,7 +219,7 @@ def scrape_registry() -> CollectorRegistry:
     if multiproc_dir() is None:
         return REGISTRY
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     registry.register(GAUGES)
     return registry
 

@@ -52,13 +52,14 @@ def _compose(query: str, *, filtered: bool, vec: str) -> str:
     return sql.replace("{vec}", vec)
 
 
+_SOURCES: tuple[tuple[Mode, str, str], ...] = (
+    ("lexical", Q.search_lexical, ""),
+    ("vector", Q.search_vector, "$5"),
+    ("hybrid", Q.search_hybrid, "$11"),
+)
 _QUERIES: dict[tuple[Mode, bool], str] = {
     (mode, filtered): _compose(query, filtered=filtered, vec=vec)
-    for mode, query, vec in (
-        ("lexical", Q.search_lexical, ""),
-        ("vector", Q.search_vector, "$5"),
-        ("hybrid", Q.search_hybrid, "$11"),
-    )
+    for mode, query, vec in _SOURCES
     for filtered in (False, True)
 }
 

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from celery.signals import setup_logging, worker_init, worker_process_init, worker_process_shutdown
+from celery.signals import (
+    setup_logging,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_shutdown,
+)
 
+from shared.broker import make_celery_app
 from shared.config import get_settings
 from shared.logging import setup_celery_logging
-from shared.taskqueue import make_celery_app
 
 app = make_celery_app(get_settings())
 # The worker imports the task module when it starts (Celery's usual way; the tasks import `app`
@@ -23,10 +29,10 @@ def _preload(sender: object = None, **_: object) -> None:
     # Importing does not initialize CUDA, so forking afterwards stays safe.
     import sentence_transformers  # noqa: F401
 
-    from worker.runtime import set_pool_size
+    from worker.runtime import Runtime
 
     # Children inherit this: each sizes torch's threads to its share of the cores.
-    set_pool_size(int(getattr(sender, "concurrency", 1) or 1))
+    Runtime.pool_processes = int(getattr(sender, "concurrency", 1) or 1)
 
     port = get_settings().metrics_port
     if port:
@@ -36,16 +42,17 @@ def _preload(sender: object = None, **_: object) -> None:
 
 
 @worker_process_init.connect
-def _warm_up(**_: object) -> None:
-    # Load the model and open the pool before the first task, not during it.
-    from worker.runtime import get_runtime
+def _open(**_: object) -> None:
+    # The pool before the first task; the model when a task first needs it (worker/runtime.py
+    # says why not here).
+    from worker.runtime import Runtime
 
-    get_runtime()
+    Runtime.for_process()
 
 
 @worker_process_shutdown.connect
+@worker_shutdown.connect  # a solo pool (the GPU worker) runs tasks in the main process
 def _close(**_: object) -> None:
-    from worker.runtime import close_runtime
+    from worker.runtime import Runtime
 
-    close_runtime()
-
+    Runtime.close_current()

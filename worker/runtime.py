@@ -1,7 +1,11 @@
-"""Per-process resources of a worker: event loop, asyncpg pool, tokenizer and model.
+"""Per-process resources of a worker: event loop, asyncpg pool, and, when a task first needs
+them, the model and its table.
 
-Created once per process after the fork (prefork children each get their own; CUDA is never
-touched in the parent), on the first task or eagerly from ``worker_process_init``.
+One ``Runtime`` per process, made after the fork (prefork children each get their own; CUDA is
+never touched in the parent). ``worker_process_init`` opens the loop and the pool only: a child
+must report to Celery's main process within ``worker_proc_alive_timeout`` (4 s), and loading a
+large model inside that window gets the child killed and restarted forever. The model is loaded
+by the first task that uses it (a finalize task never does).
 """
 
 from __future__ import annotations
@@ -9,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 from collections.abc import Coroutine
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from functools import cached_property
+from typing import Any, ClassVar, TypeVar
 
 import asyncpg
 
@@ -19,42 +24,9 @@ from shared.config import Settings, get_settings
 from shared.db.embeddings import ModelTable, register_embedder
 from shared.db.pool import create_pool
 from shared.embed.embedder import Embedder, load_embedder
-from shared.text.tokenize import get_tokenizer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-@dataclass
-class Runtime:
-    settings: Settings
-    loop: asyncio.AbstractEventLoop
-    pool: asyncpg.Pool
-    embedder: Embedder
-    table: ModelTable
-    pid: int
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return self.loop.run_until_complete(coro)
-
-    def close(self, timeout: float = 10.0) -> None:
-        """Close the pool within ``timeout`` (a database that vanished must not keep the
-        process alive), then the loop."""
-        try:
-            self.loop.run_until_complete(asyncio.wait_for(self.pool.close(), timeout))
-        except Exception:
-            self.pool.terminate()
-        finally:
-            self.loop.close()
-
-
-_runtime: Runtime | None = None
-_pool_size = 1
-
-
-def set_pool_size(processes: int) -> None:
-    global _pool_size
-    _pool_size = max(1, processes)
 
 
 def torch_threads(cpus: int | None, processes: int) -> int:
@@ -64,37 +36,62 @@ def torch_threads(cpus: int | None, processes: int) -> int:
     return max(1, (cpus or 1) // max(1, processes))
 
 
-def get_runtime() -> Runtime:
-    global _runtime
-    if _runtime is None or _runtime.pid != os.getpid():
-        _runtime = _create(get_settings())
-    return _runtime
+class Runtime:
+    """What one worker process holds for its lifetime."""
 
+    # Set in the parent before the fork (worker_init): how many processes share the cores.
+    pool_processes: ClassVar[int] = 1
+    _current: ClassVar[Runtime | None] = None
+    _lock: ClassVar[threading.Lock] = threading.Lock()
 
-def _create(settings: Settings) -> Runtime:
-    import torch
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.pid = os.getpid()
+        self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        # A worker process handles one task at a time: a small pool is enough.
+        self.pool: asyncpg.Pool = self.run(create_pool(settings, min_size=1, role="worker"))
 
-    torch.set_num_threads(torch_threads(len(os.sched_getaffinity(0)), _pool_size))
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    # A worker process handles one task at a time: a small pool is enough.
-    pool = loop.run_until_complete(create_pool(settings, min_size=1, role="worker"))
-    get_tokenizer()
-    embedder = load_embedder(settings)
-    table = loop.run_until_complete(register_embedder(pool, embedder))
-    log.info(
-        "worker runtime ready: pid=%s model=%s dim=%s device=%s table=%s",
-        os.getpid(),
-        embedder.name,
-        embedder.dimension,
-        embedder.device,
-        table.table,
-    )
-    return Runtime(settings, loop, pool, embedder, table, os.getpid())
+    @classmethod
+    def for_process(cls) -> Runtime:
+        """This process's runtime, made on first use (again after a fork)."""
+        with cls._lock:
+            current = cls._current
+            if current is None or current.pid != os.getpid():
+                current = cls._current = cls(get_settings())
+            return current
 
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self.loop.run_until_complete(coro)
 
-def close_runtime() -> None:
-    global _runtime
-    if _runtime is not None and _runtime.pid == os.getpid():
-        _runtime.close()
-    _runtime = None
+    @cached_property
+    def embedder(self) -> Embedder:
+        import torch
+
+        torch.set_num_threads(torch_threads(len(os.sched_getaffinity(0)), Runtime.pool_processes))
+        embedder = load_embedder(self.settings)
+        log.info("worker %s loaded %s on %s", self.pid, embedder.name, embedder.device)
+        return embedder
+
+    @cached_property
+    def table(self) -> ModelTable:
+        table = self.run(register_embedder(self.pool, self.embedder))
+        log.info("worker %s writes vectors to %s", self.pid, table.table)
+        return table
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Close the pool within ``timeout`` (a database that vanished must not keep the
+        process alive), then the loop."""
+        try:
+            self.run(asyncio.wait_for(self.pool.close(), timeout))
+        except Exception:
+            self.pool.terminate()
+        finally:
+            self.loop.close()
+
+    @classmethod
+    def close_current(cls) -> None:
+        with cls._lock:
+            current, cls._current = cls._current, None
+        if current is not None and current.pid == os.getpid():
+            current.close()

@@ -16,22 +16,24 @@ from typing import Any
 
 from celery import Task
 
-from shared.config import get_settings
-from shared.ingest.attempts import Claim, claim_attempt
-from shared.ingest.embed import embed_documents, fail_documents
-from shared.ingest.finalize import finalize_job, jobs_to_finalize
-from shared.ingest.prep import InlineEmbedding, LexicalParams, prep_documents
-from shared.logging import bind
-from shared.queues import EMBED_TASK, FINALIZE_TASK, PREP_TASK
-from shared.taskqueue import (
+from shared.broker import (
+    EMBED_TASK,
+    FINALIZE_TASK,
+    PREP_TASK,
     embed_batches,
     enqueue_embed,
     enqueue_embed_batches,
     enqueue_finalize,
     enqueue_prep,
 )
+from shared.config import get_settings
+from shared.ingest.attempts import Claim, claim_attempt
+from shared.ingest.embed import embed_documents, fail_documents
+from shared.ingest.finalize import finalize_job, jobs_to_finalize
+from shared.ingest.prep import InlineEmbedding, LexicalParams, prep_documents
+from shared.logging import bind
 from worker.celery_app import app
-from worker.runtime import Runtime, get_runtime
+from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
 _MAX_ATTEMPTS = get_settings().max_attempts
@@ -53,7 +55,7 @@ class StageTask(Task):  # type: ignore[misc]
         doc_ids = list(args[0]) if args else []
         log.error("%s gave up on %d documents: %s", self.stage, len(doc_ids), exc)
         try:
-            rt = get_runtime()
+            rt = Runtime.for_process()
             rt.run(fail_documents(rt.pool, doc_ids, self.stage, f"{type(exc).__name__}: {exc}"))
         except Exception:
             # Not even that worked: the documents stay pending, the sweeper tries them again
@@ -78,7 +80,7 @@ def _claim(rt: Runtime, doc_ids: list[int], status: str, stage: str) -> Claim:
 @app.task(name=PREP_TASK, bind=True, base=StageTask, stage="prep")
 def prep(self: Task, doc_ids: list[int], job_id: str | None = None) -> dict[str, int]:
     with bind(job_id=job_id):
-        rt = get_runtime()
+        rt = Runtime.for_process()
         claim = _claim(rt, doc_ids, "queued", "prep")
         if claim.split:
             # Redelivered with documents tried before: one task each isolates a poison one.
@@ -113,7 +115,7 @@ def prep(self: Task, doc_ids: list[int], job_id: str | None = None) -> dict[str,
 @app.task(name=EMBED_TASK, bind=True, base=StageTask, stage="embed")
 def embed(self: Task, doc_ids: list[int], job_id: str | None = None) -> dict[str, int]:
     with bind(job_id=job_id):
-        rt = get_runtime()
+        rt = Runtime.for_process()
         claim = _claim(rt, doc_ids, "prepped", "embed")
         if claim.split:
             enqueue_embed(app, claim.split, 1, job_id)
@@ -142,5 +144,5 @@ def embed(self: Task, doc_ids: list[int], job_id: str | None = None) -> dict[str
 def finalize(self: Task, job_id: str) -> bool:
     # Giving up loses nothing: the sweeper sends unfinished jobs here again.
     with bind(job_id=job_id):
-        rt = get_runtime()
+        rt = Runtime.for_process()
         return rt.run(finalize_job(rt.pool, rt.table, rt.settings, uuid.UUID(job_id)))

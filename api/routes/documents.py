@@ -12,11 +12,11 @@ from api.bodies import DocumentFilter, Spool, read_json, read_ndjson
 from api.deps import State
 from api.schemas import Deleted, Document, UploadAccepted, errors
 from shared import metrics
+from shared.broker import enqueue_prep
 from shared.db.documents import delete_document, get_document
 from shared.errors import RejectError
 from shared.ingest.store import store_upload
 from shared.ingest.validate import DocumentRejected, check_collection
-from shared.taskqueue import enqueue_prep
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["documents"], responses=errors(401, 404, 422, 503))
@@ -131,8 +131,12 @@ async def upload_documents(
             log.exception("could not enqueue job %s; the sweeper will retry", stored.job_id)
     log.info(
         "upload job=%s collection=%s accepted=%d unchanged=%d rejected=%d",
-        stored.job_id, name, stored.accepted, stored.unchanged, len(filt.rejected),
-    )  # fmt: skip
+        stored.job_id,
+        name,
+        stored.accepted,
+        stored.unchanged,
+        len(filt.rejected),
+    )
     body = UploadAccepted.model_validate(
         {
             "job_id": str(stored.job_id),

@@ -190,9 +190,9 @@ class Embedder:
     def encode_query_lexemes(self, lexemes: list[str]) -> np.ndarray:
         """``encode_query`` for a model that ``takes_lexemes``, from the query's lexemes."""
         if self._numpy_query is not None:
-            v = self._numpy_query(lexemes)
-            return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)
-        return self.encode_lexemes([lexemes])[0]
+            v = np.asarray(self._numpy_query(lexemes), dtype=np.float32)
+            return np.asarray(v / max(float(np.linalg.norm(v)), 1e-12), dtype=np.float32)
+        return np.asarray(self.encode_lexemes([lexemes])[0], dtype=np.float32)
 
     def encode_query(self, text: str) -> np.ndarray:
         """(dimension,) float32, L2-normalized; the model's query prompt is applied."""

@@ -62,7 +62,7 @@ class SudachiStaticEmbedding(InputModule):
         word_weights: dict[str, float] | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         if isinstance(embedding_weights, np.ndarray):
             embedding_weights = torch.from_numpy(np.ascontiguousarray(embedding_weights))
         weights = embedding_weights.to(torch.float32)
@@ -124,8 +124,8 @@ class SudachiStaticEmbedding(InputModule):
                 rows.append(row)
                 scale.append(weights.get(lex, 1.0))
         if not rows:
-            return table[self.unk_row].copy()
-        return np.asarray(scale, dtype=np.float32) @ table[rows]
+            return np.array(table[self.unk_row], dtype=np.float32)
+        return np.asarray(np.asarray(scale, dtype=np.float32) @ table[rows], dtype=np.float32)
 
     def _table_view(self) -> np.ndarray:
         view = getattr(self, "_numpy_table", None)

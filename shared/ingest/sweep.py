@@ -20,10 +20,16 @@ import logging
 import asyncpg
 from celery import Celery
 
+from shared.broker import (
+    EMBED_QUEUE,
+    PREP_QUEUE,
+    enqueue_embed,
+    enqueue_finalize,
+    enqueue_prep,
+    queue_depths,
+)
 from shared.config import Settings
 from shared.db.queries import Q
-from shared.queues import EMBED_QUEUE, PREP_QUEUE
-from shared.taskqueue import enqueue_embed, enqueue_finalize, enqueue_prep, queue_depths
 
 log = logging.getLogger(__name__)
 

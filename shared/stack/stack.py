@@ -21,11 +21,11 @@ from pathlib import Path
 
 import httpx
 
+from shared.broker import ALL_QUEUES
 from shared.config import Settings
 from shared.db.migrate import migrate
 from shared.errors import ConfigError
 from shared.metrics import reset_multiproc_dir
-from shared.queues import ALL_QUEUES
 from shared.stack.services import LocalPostgres, LocalRedis, free_port, start_postgres, start_redis
 
 
@@ -132,10 +132,20 @@ class Stack:
         self.api_port = self.api_port or free_port()
         return self._spawn(
             "api",
-            [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1",
-             "--port", str(self.api_port), "--no-access-log",
-             "--timeout-graceful-shutdown", str(self._shutdown_seconds())],
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "api.main:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.api_port),
+                "--no-access-log",
+                "--timeout-graceful-shutdown",
+                str(self._shutdown_seconds()),
+            ],
+        )
 
     def _shutdown_seconds(self) -> int:
         default = Settings.model_fields["shutdown_timeout_seconds"].default
@@ -144,30 +154,56 @@ class Stack:
     def start_worker(self, name: str = "worker") -> Proc:
         return self._spawn(
             name,
-            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-             "-Q", ",".join(ALL_QUEUES), "-P", "prefork", "-c", str(self.worker_concurrency),
-             "-n", f"{name}-{secrets.token_hex(3)}@%h", "--loglevel", "INFO",
-             "--without-mingle", "--without-gossip"],
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "worker.celery_app",
+                "worker",
+                "-Q",
+                ",".join(ALL_QUEUES),
+                "-P",
+                "prefork",
+                "-c",
+                str(self.worker_concurrency),
+                "-n",
+                f"{name}-{secrets.token_hex(3)}@%h",
+                "--loglevel",
+                "INFO",
+                "--without-mingle",
+                "--without-gossip",
+            ],
+        )
 
     def start_flower(self) -> Proc:
         # The password goes in the environment (FLOWER_BASIC_AUTH), not on the command line,
         # where `ps` would show it.
+        settings = Settings()
         self.flower_port = self.flower_port or free_port()
         self.flower_password = (
             self.flower_password
-            or os.environ.get("KENSAKU_FLOWER_PASSWORD", "")
+            or settings.flower_password.get_secret_value()
             or secrets.token_urlsafe(12)
         )
-        self.flower_user = os.environ.get("KENSAKU_FLOWER_USER", self.flower_user)
+        self.flower_user = settings.flower_user
         return self._spawn(
             "flower",
-            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "flower",
-             "--address=127.0.0.1", f"--port={self.flower_port}",
-             "--persistent=True", f"--db={self.data_dir / 'flower.db'}",
-             "--purge_offline_workers=60"],
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "worker.celery_app",
+                "flower",
+                "--address=127.0.0.1",
+                f"--port={self.flower_port}",
+                "--persistent=True",
+                f"--db={self.data_dir / 'flower.db'}",
+                "--purge_offline_workers=60",
+            ],
             env={"FLOWER_BASIC_AUTH": f"{self.flower_user}:{self.flower_password}"},
-        )  # fmt: skip
+        )
 
     def start(self, timeout: float = 180.0) -> None:
         self.start_services()
@@ -197,8 +233,9 @@ class Stack:
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        raise ConfigError(f"the API was not ready within {timeout:.0f} s:\n"
-                          f"{self.procs['api'].tail()}")  # fmt: skip
+        raise ConfigError(
+            f"the API was not ready within {timeout:.0f} s:\n{self.procs['api'].tail()}"
+        )
 
     def stop(self) -> None:
         # Flower and the API first, then the worker (it finishes or returns its task), then data.

@@ -34,6 +34,7 @@ units scored MRR@10 0.901 against 0.898 for the C lexemes and 0.892 for C plus t
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import threading
@@ -59,8 +60,6 @@ SPLIT_MODE = "C"
 # First element of Sudachi's part of speech: what is *not* a content word.
 _NON_CONTENT_POS = frozenset({"助詞", "助動詞", "補助記号", "記号", "空白"})
 
-# A UTF-8 character is at most 4 bytes: text this short never needs measuring.
-_SAFE_CHARS = SUDACHI_MAX_BYTES // 4
 # Cut preferences inside an over-long text, strongest first.
 _SENTENCE_END = re.compile(r"[。．！？!?\n]")
 _WEAK_BREAK = re.compile(r"[、，,；;： \t]")
@@ -200,18 +199,12 @@ class Tokenizer:
         return [m.surface() for m in self._morphemes(text)]
 
 
-_cached: tuple[int, Tokenizer] | None = None
-_lock = threading.Lock()
+@functools.lru_cache(maxsize=1)
+def _tokenizer_of(pid: int) -> Tokenizer:
+    return Tokenizer()
 
 
 def get_tokenizer() -> Tokenizer:
-    """The process's Tokenizer: created on first use, re-created after a fork."""
-    global _cached
-    pid = os.getpid()
-    cached = _cached
-    if cached is not None and cached[0] == pid:
-        return cached[1]
-    with _lock:
-        if _cached is None or _cached[0] != pid:
-            _cached = (pid, Tokenizer())
-        return _cached[1]
+    """The process's Tokenizer: created on first use, and again in a child after a fork (the
+    cache is keyed by the process id)."""
+    return _tokenizer_of(os.getpid())

@@ -218,9 +218,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     api_port, flower_port = _free_port(), _free_port()
     password = secrets.token_urlsafe(18)
     # The embedded stack, not whatever services the caller's environment points at.
-    drop = {"KENSAKU_DATABASE_URL", "KENSAKU_REDIS_URL", "KENSAKU_HOST", "KENSAKU_PORT",
-            "KENSAKU_API_KEYS", "KENSAKU_FLOWER_USER", "KENSAKU_FLOWER_PASSWORD",
-            "KENSAKU_FLOWER_PORT", "PROMETHEUS_MULTIPROC_DIR"}  # fmt: skip
+    drop = {
+        "KENSAKU_DATABASE_URL",
+        "KENSAKU_REDIS_URL",
+        "KENSAKU_HOST",
+        "KENSAKU_PORT",
+        "KENSAKU_API_KEYS",
+        "KENSAKU_FLOWER_USER",
+        "KENSAKU_FLOWER_PASSWORD",
+        "KENSAKU_FLOWER_PORT",
+        "PROMETHEUS_MULTIPROC_DIR",
+    }
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env.update(
         KENSAKU_API_KEYS=API_KEY,
@@ -235,10 +243,24 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     # PATH; start_new_session keeps a Ctrl-C in the terminal from reaching the stack directly.
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", "up", "--data-dir", str(data_dir),
-             "--port", str(api_port), "--flower-port", str(flower_port)],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "shared.cli",
+                "up",
+                "--data-dir",
+                str(data_dir),
+                "--port",
+                str(api_port),
+                "--flower-port",
+                str(flower_port),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     st = Stack(
         api=f"http://127.0.0.1:{api_port}",
         flower=f"http://127.0.0.1:{flower_port}",
@@ -269,8 +291,12 @@ def chromium(url: str, *, screenshot: Path | None = None, budget_ms: int = 10_00
     """
     assert CHROMIUM is not None
     with tempfile.TemporaryDirectory(prefix="kensaku-chromium-") as profile:
-        args = [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
-                f"--virtual-time-budget={budget_ms}"]  # fmt: skip
+        args = [
+            CHROMIUM,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={profile}",
+            f"--virtual-time-budget={budget_ms}",
+        ]
         args.append(f"--screenshot={screenshot}" if screenshot else "--dump-dom")
         args.append(url)
         proc = subprocess.Popen(

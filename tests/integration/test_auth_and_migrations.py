@@ -30,9 +30,11 @@ def keyed_api(stack: Any) -> Iterator[str]:
     port = free_port()
     env = stack.env() | {"KENSAKU_API_KEYS": f"other-key,{KEY}", "KENSAKU_PORT": str(port)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "serve"], env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        [sys.executable, "-m", "shared.cli", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -80,9 +82,12 @@ def test_api_keys(keyed_api: str, headers: dict[str, str], status: int) -> None:
 def test_open_api_refuses_public_bind(stack: Any) -> None:
     env = stack.env() | {"KENSAKU_HOST": "0.0.0.0", "KENSAKU_API_KEYS": ""}
     proc = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "serve"], env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "shared.cli", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=60,
-    )  # fmt: skip
+    )
     assert proc.returncode != 0
     assert "refusing to bind" in proc.stderr + proc.stdout
 

@@ -145,13 +145,16 @@ def test_unknown_collection_and_job(api: httpx.Client) -> None:
 
 def test_ndjson_invalid_utf8_line(api: httpx.Client, collection: str) -> None:
     body = (
-        json.dumps(GOOD, ensure_ascii=False).encode() + b"\n"
+        json.dumps(GOOD, ensure_ascii=False).encode()
+        + b"\n"
         + b'{"id": "bad", "text": "\xc3\x28"}\n'
-    )  # fmt: skip
+    )
     resp = api.post(
-        "/v1/documents", params={"collection": collection}, content=body,
+        "/v1/documents",
+        params={"collection": collection},
+        content=body,
         headers={"Content-Type": "application/x-ndjson"},
-    )  # fmt: skip
+    )
     assert resp.status_code == 202
     out = resp.json()
     assert out["accepted"] == 1

@@ -47,10 +47,13 @@ def test_concurrent_uploads_deletes_and_searches(stack: Any, collection: str) ->
                                 last[victim] = None
                         continue
                     docs = [
-                        {"id": i, "title": rng.choice(TOPICS),
-                         "text": f"{rng.choice(TOPICS)}の話、書き手{seed}の{step}回目。"}
+                        {
+                            "id": i,
+                            "title": rng.choice(TOPICS),
+                            "text": f"{rng.choice(TOPICS)}の話、書き手{seed}の{step}回目。",
+                        }
                         for i in picked
-                    ]  # fmt: skip
+                    ]
                     resp = client.post(
                         "/v1/documents", json={"collection": collection, "documents": docs}
                     )

@@ -207,10 +207,25 @@ def test_a_document_that_kills_its_worker_fails_alone(
     # A worker whose process dies whenever it prepares that document.
     proc = stack._spawn(
         "worker",
-        [sys.executable, "-m", "tests.poison_worker", "-A", "worker.celery_app", "worker",
-         "-Q", "prep,embed,maintain", "-P", "prefork", "-c", "2", "-n", "poison@%h",
-         "--without-mingle", "--without-gossip"],
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "tests.poison_worker",
+            "-A",
+            "worker.celery_app",
+            "worker",
+            "-Q",
+            "prep,embed,maintain",
+            "-P",
+            "prefork",
+            "-c",
+            "2",
+            "-n",
+            "poison@%h",
+            "--without-mingle",
+            "--without-gossip",
+        ],
+    )
     try:
         final = wait_job(api, job, timeout=240)
     finally:

@@ -147,9 +147,14 @@ def test_retried_task_changes_nothing(stack: Any, api: httpx.Client, collection:
         pool = await create_pool(settings)
         try:
             table = await register_embedder(pool, embedder)
-            ids = [r["id"] for r in await pool.fetch(
-                "SELECT d.id FROM documents d JOIN collections c ON c.id = d.collection_id "
-                "WHERE c.name = $1", collection)]  # fmt: skip
+            ids = [
+                r["id"]
+                for r in await pool.fetch(
+                    "SELECT d.id FROM documents d JOIN collections c ON c.id = d.collection_id "
+                    "WHERE c.name = $1",
+                    collection,
+                )
+            ]
 
             async def stages(inline: bool) -> int:
                 p = await prep_documents(
@@ -261,8 +266,12 @@ def test_reembed_refills_from_existing_chunks(
     env = stack.env() | {"PATH": os.environ["PATH"]}
     out = subprocess.run(
         [sys.executable, "-m", "shared.cli", "reembed", "--collection", collection],
-        env=env, capture_output=True, text=True, timeout=120, check=True,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     assert "re-embedding 4 documents" in out.stdout
     import time
 

@@ -110,9 +110,12 @@ def test_filters_restrict_results(api: httpx.Client, search_collection: str, mod
     )
     assert set(ids(either)) <= {"tea", "castle"}
     both = search(
-        api, search_collection, query="パソコン", mode=mode,
+        api,
+        search_collection,
+        query="パソコン",
+        mode=mode,
         filter={"pref": "東京", "year": 1985},
-    )  # fmt: skip
+    )
     assert ids(both) == ["pc"]
     none = search(api, search_collection, query=q, mode=mode, filter={"pref": "北海道"})
     assert none["hits"] == []

@@ -96,10 +96,23 @@ def test_up_stops_cleanly_on_ctrl_c_while_starting() -> None:
     for key in ("KENSAKU_DATABASE_URL", "KENSAKU_REDIS_URL"):
         env.pop(key, None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "up", "--data-dir", str(data),
-         "--port", str(free_port()), "--flower-port", str(free_port())],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "shared.cli",
+            "up",
+            "--data-dir",
+            str(data),
+            "--port",
+            str(free_port()),
+            "--flower-port",
+            str(free_port()),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         for line in proc.stdout:  # interrupt once it is starting the services

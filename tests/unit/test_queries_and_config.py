@@ -97,8 +97,12 @@ def test_a_keyless_api_serves_loopback_only_whatever_it_was_bound_to(
 
     state = SimpleNamespace(kensaku=SimpleNamespace(settings=Settings(api_keys=keys)))
     headers = [(b"authorization", b"Bearer k1")] if keys else []
-    scope = {"type": "http", "server": server, "headers": headers,
-             "app": SimpleNamespace(state=state)}  # fmt: skip
+    scope = {
+        "type": "http",
+        "server": server,
+        "headers": headers,
+        "app": SimpleNamespace(state=state),
+    }
     if allowed:
         asyncio.run(require_api_key(Request(scope)))
     else:

@@ -36,8 +36,17 @@ def test_compounds_become_their_mode_a_units(tokenizer: Tokenizer) -> None:
 
 def test_bigrams_stay_inside_runs_of_kanji_katakana_and_alphanumerics() -> None:
     assert bigrams("ポケットモンスターのゲーム") == [
-        "ポケ", "ケッ", "ット", "トモ", "モン", "ンス", "スタ", "ター", "ゲー", "ーム",
-    ]  # fmt: skip
+        "ポケ",
+        "ケッ",
+        "ット",
+        "トモ",
+        "モン",
+        "ンス",
+        "スタ",
+        "ター",
+        "ゲー",
+        "ーム",
+    ]
     assert bigrams("iPhone・東京") == ["ip", "ph", "ho", "on", "ne", "東京"]
     assert bigrams("あいうえお。、") == []  # hiragana and punctuation are grammar, not topic
 

@@ -110,11 +110,6 @@ SELECT status::text AS status, count(*) AS n FROM documents GROUP BY 1;
 -- name: ping
 SELECT 1;
 
--- name: vacuum_analyze
--- After a bulk load, what autovacuum does soon after: fresh row estimates for the planner and
--- a visibility map, so the postings index is read without visiting the table.
-VACUUM (ANALYZE);
-
 -- name: requeue_for_embed
 -- After a model change: indexed documents go back to 'prepped' so the new model's table is
 -- filled from the chunks already there (prep does not run again). $1 a collection or NULL.

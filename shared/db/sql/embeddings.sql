@@ -51,8 +51,3 @@ CREATE INDEX IF NOT EXISTS {index} ON {partition} USING hnsw (embedding {opclass
 
 -- name: delete_embeddings
 DELETE FROM {partition} WHERE chunk_id = ANY($1::bigint[]);
-
--- name: nearest_units
--- Unit-level nearest neighbours (the benchmark compares this with and without the index).
-SELECT chunk_id, unit, embedding <=> $1 AS distance FROM {partition}
-ORDER BY embedding <=> $1 LIMIT $2;

@@ -1,4 +1,5 @@
-"""The Celery application and the functions that put work on the queues.
+"""The broker side of kensaku in one place: queue and task names and their routing, the Celery
+application, publishing document ids to the queues, and reading the queues' depth.
 
 The API and the workers build the same app from the same Settings; the API only sends tasks by
 name. Only document ids travel through Redis: Postgres is the source of truth, Redis the signal.
@@ -11,16 +12,23 @@ from collections.abc import Sequence
 from celery import Celery
 
 from shared.config import Settings
-from shared.queues import (
-    ALL_QUEUES,
-    EMBED_QUEUE,
-    EMBED_TASK,
-    FINALIZE_TASK,
-    MAINTAIN_QUEUE,
-    PREP_QUEUE,
-    PREP_TASK,
-    TASK_ROUTES,
-)
+
+PREP_QUEUE = "prep"
+EMBED_QUEUE = "embed"
+# Short database work at the end of a job (VACUUM, an index build): not behind a prep backlog.
+MAINTAIN_QUEUE = "maintain"
+ALL_QUEUES = (PREP_QUEUE, EMBED_QUEUE, MAINTAIN_QUEUE)
+
+PREP_TASK = "kensaku.prep"
+EMBED_TASK = "kensaku.embed"
+FINALIZE_TASK = "kensaku.finalize"
+
+# CPU preprocessing and (GPU) embedding scale separately, each on its own queue.
+TASK_ROUTES: dict[str, dict[str, str]] = {
+    PREP_TASK: {"queue": PREP_QUEUE},
+    EMBED_TASK: {"queue": EMBED_QUEUE},
+    FINALIZE_TASK: {"queue": MAINTAIN_QUEUE},
+}
 
 
 def make_celery_app(settings: Settings) -> Celery:
