@@ -1,5 +1,5 @@
-"""The HTTP API: `uvicorn api.main:app`. Thin: validation, auth, error mapping; the work is in
-shared/ and the workers.
+"""The HTTP API: `uvicorn --factory api.main:create_app` (or `kensaku serve`). Thin: request
+parsing, validation, auth, error mapping; the work is in shared/ and the workers.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import redis.asyncio as aioredis
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 
 from api.auth import require_api_key
-from api.docs import mount_docs
 from api.middleware import RequestIdMiddleware
 from api.routes import documents, health, jobs, search
 from api.routes import metrics as metrics_route
@@ -67,19 +67,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await _shut_down(st, pool, redis, settings.shutdown_timeout_seconds)
 
-    app = FastAPI(
+    # fastapi-offline serves Swagger UI and ReDoc from files in its wheel: the default pages
+    # load them from a CDN, which a machine without internet access (or a strict CSP) cannot.
+    app = FastAPIOffline(
         title="kensaku",
         version="0.1.0",
         summary="Ingestion and search for Japanese text on PostgreSQL + pgvector",
         lifespan=lifespan,
-        # Served from local files below: the default pages load Swagger UI from a CDN, which a
-        # machine without internet access (or a strict CSP) cannot reach.
-        docs_url=None,
-        redoc_url=None,
     )
     app.add_middleware(PrometheusMiddleware)
     app.add_middleware(RequestIdMiddleware)
-    mount_docs(app)
     secured = [Depends(require_api_key)]
     small = settings.max_query_request_bytes  # uploads bound their bodies themselves
     app.include_router(health.router, max_body_size=small)
@@ -178,13 +175,3 @@ async def _shut_down(
         await asyncio.wait_for(pool.close(), grace)
     except Exception:
         pool.terminate()
-
-
-def __getattr__(name: str) -> FastAPI:
-    # `uvicorn api.main:app` builds the app on first access, so importing this module (tests,
-    # the compose check) does not read settings or touch the network.
-    if name == "app":
-        app = create_app()
-        globals()["app"] = app
-        return app
-    raise AttributeError(name)

@@ -96,7 +96,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _fail(str(exc))
     uvicorn.run(
-        "api.main:app",
+        "api.main:create_app",
+        factory=True,
         host=settings.host,
         port=settings.port,
         workers=args.workers,

@@ -366,8 +366,9 @@ def compose_problems(compose: dict[str, Any], facts: CodeFacts) -> list[str]:
                 migrate_services.add(name)
             for hc_argv in _healthcheck_argvs(svc):
                 problems += _check_command(name, hc_argv, facts, "healthcheck")[0]
-        if argv[:1] == ["uvicorn"] and len(argv) > 1 and facts.check_import(argv[1]) is None:
-            routes = facts.http_routes(argv[1])
+        app_ref = _uvicorn_parse(argv[1:])[0] if argv[:1] == ["uvicorn"] else None
+        if app_ref and facts.check_import(app_ref) is None:
+            routes = facts.http_routes(app_ref)
             for hc_argv in _healthcheck_argvs(svc):
                 for path in re.findall(r"https?://[^/\s'\"]+(/[^\s'\")]*)", " ".join(hc_argv)):
                     if path not in routes:
@@ -513,6 +514,8 @@ def _import_check(ref: str) -> str | None:
 def _routes_of(ref: str) -> frozenset[str]:
     module, _, attr = ref.partition(":")
     app = getattr(importlib.import_module(module), attr or "app")
+    if not hasattr(app, "routes") and callable(app):
+        app = app()  # an app factory (uvicorn --factory)
     # Recent FastAPI keeps included routers as lazy wrappers in app.routes; the OpenAPI schema
     # lists every documented route however it was mounted.
     paths = {getattr(r, "path", None) for r in getattr(app, "routes", [])}
@@ -558,7 +561,7 @@ def stand_in_facts() -> CodeFacts:
     sub.add_parser("up").add_argument("--data-dir")
     model = sub.add_parser("model").add_subparsers(dest="model_cmd", required=True)
     model.add_parser("build")
-    modules = {"worker.celery_app:app", "api.main:app"}
+    modules = {"worker.celery_app:app", "api.main:create_app"}
     return CodeFacts(
         queues=frozenset({"prep", "embed", "maintain"}),
         settings_fields=frozenset(Settings.model_fields),
@@ -658,10 +661,10 @@ def test_checker_finds_every_problem_in_a_broken_file() -> None:
 
 def test_checker_catches_unknown_modules_and_routes() -> None:
     broken = yaml.safe_load(BROKEN)
-    broken["services"]["api"]["command"] = "uvicorn api.mian:app"
+    broken["services"]["api"]["command"] = "uvicorn --factory api.mian:create_app"
     text = "\n".join(compose_problems(broken, stand_in_facts()))
-    assert "ASGI app api.mian:app: ModuleNotFoundError" in text
-    broken["services"]["api"]["command"] = "uvicorn api.main:app"
+    assert "ASGI app api.mian:create_app: ModuleNotFoundError" in text
+    broken["services"]["api"]["command"] = "uvicorn --factory api.main:create_app"
     text = "\n".join(compose_problems(broken, stand_in_facts()))
     assert "healthcheck requests /health, not a route" in text
     broken["services"]["worker-prep"]["command"] = "celery -A worker.app worker -Q prep"
