@@ -83,6 +83,12 @@ EMBED_BATCH_SECONDS = Histogram(
     ["device"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
+FILE_EXTRACT_SECONDS = Histogram(
+    "kensaku_file_extract_seconds",
+    "Time to extract the text of one uploaded file, by format",
+    ["format"],
+    buckets=(0.001, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120),
+)
 PREP_BATCH_SECONDS = Histogram(
     "kensaku_prep_batch_seconds",
     "Wall time of one prep task (normalize, tokenize, chunk, COPY) over a batch of documents",

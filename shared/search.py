@@ -213,6 +213,7 @@ async def search(
                 "title": r["title"],
                 "text": r["text"],
                 "chunk": r["ordinal"],
+                "page": r["page"],
                 "score": float(r["score"]),
                 "metadata": json.loads(r["metadata"]),
             }

@@ -97,6 +97,7 @@ def prep(self: Task, doc_ids: list[int], job_id: str | None = None) -> dict[str,
                 overlap_tokens=rt.settings.chunk_overlap_tokens,
                 lexical=LexicalParams.from_settings(rt.settings),
                 inline=inline,
+                max_text_bytes=rt.settings.max_document_bytes,
             )
         )
         if result.prepped:

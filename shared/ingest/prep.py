@@ -31,7 +31,9 @@ from shared.config import Settings
 from shared.db.embeddings import ModelTable, ensure_partition
 from shared.db.queries import Q
 from shared.db.retry import retry_transaction
-from shared.text.pipeline import PreparedChunk, prepare_document
+from shared.files.extract import Extracted, ExtractionError, extract
+from shared.files.formats import Format
+from shared.text.pipeline import PreparedChunk, prepare_document, prepare_pages
 from shared.text.terms import TERM_SPACE, FieldParams, chunk_key, chunk_terms
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,7 @@ _CHUNK_COLUMNS = [
     "lexeme_count",
     "key",
     "terms",
+    "page",
 ]
 _POSTING_COLUMNS = ["collection_id", "term", "impact", "key", "chunk_id"]
 
@@ -133,6 +136,7 @@ class _ChunkRow:
             self.word_count,
             self.key,
             self.terms,
+            c.page,
         )
 
 
@@ -176,6 +180,18 @@ def _build_rows(
     return out
 
 
+def _extract(data: bytes, fmt: str, charset: str | None, max_bytes: int | None) -> Extracted:
+    started = time.perf_counter()
+    out = extract(data, Format(fmt), charset)
+    metrics.FILE_EXTRACT_SECONDS.labels(fmt).observe(time.perf_counter() - started)
+    size = len(out.text.encode("utf-8"))
+    if max_bytes is not None and size > max_bytes:
+        raise ExtractionError(
+            f"its text is {size} bytes, over the limit of {max_bytes} (max_document_bytes)"
+        )
+    return out
+
+
 async def prep_documents(
     pool: asyncpg.Pool,
     doc_ids: list[int],
@@ -185,28 +201,44 @@ async def prep_documents(
     overlap_tokens: int,
     lexical: LexicalParams,
     inline: InlineEmbedding | None = None,
+    max_text_bytes: int | None = None,
 ) -> PrepResult:
+    """``max_text_bytes``: the most text a file may yield (else the document fails)."""
     started = time.perf_counter()
     result = PrepResult()
     rows = await pool.fetch(Q.load_for_prep, doc_ids)
     result.skipped = len(set(doc_ids)) - len(rows)
 
     prepared: dict[int, list[PreparedChunk]] = {}
+    extracted: dict[int, tuple[str, str]] = {}  # from files: the title and text to store
     errors: dict[int, str] = {}
+    options: dict[str, Any] = {
+        "count_tokens": count_tokens,
+        "max_tokens": max_tokens,
+        "overlap_tokens": overlap_tokens,
+        "tokens_are_lexemes": inline is not None,
+        "vector_unit": inline.table.vector_unit if inline else "chunk",
+    }
     for row in rows:
+        doc_id = row["id"]
         try:
-            prepared[row["id"]] = prepare_document(
-                row["title"],
-                row["body"],
-                count_tokens=count_tokens,
-                max_tokens=max_tokens,
-                overlap_tokens=overlap_tokens,
-                tokens_are_lexemes=inline is not None,
-                vector_unit=inline.table.vector_unit if inline else "chunk",
-            )
+            if row["file_format"] is None:
+                prepared[doc_id] = prepare_document(row["title"], row["body"], **options)
+                continue
+            # One file's bytes in memory at a time, however large the batch.
+            data = await pool.fetchval(Q.load_file, doc_id)
+            text = _extract(data, row["file_format"], row["file_charset"], max_text_bytes)
+            title = text.title or row["title"]
+            extracted[doc_id] = (title, text.text)
+            if text.paged:
+                prepared[doc_id] = prepare_pages(title, text.pages, **options)
+            else:
+                prepared[doc_id] = prepare_document(title, text.text, **options)
+        except ExtractionError as exc:
+            errors[doc_id] = f"cannot read the file: {exc}"
         except Exception as exc:  # one bad document must not fail the batch
-            log.exception("prep failed for document %s", row["id"])
-            errors[row["id"]] = f"{type(exc).__name__}: {exc}"
+            log.exception("prep failed for document %s", doc_id)
+            errors[doc_id] = f"{type(exc).__name__}: {exc}"
     by_id = {r["id"]: r for r in rows}
     chunk_rows = _build_rows(prepared, by_id, lexical, inline)
     if inline is not None:
@@ -230,6 +262,10 @@ async def prep_documents(
         ok = [i for i in sorted(live) if i in prepared]
         # A new version that failed prep must not leave the old version's chunks searchable.
         await conn.execute(Q.delete_chunks, sorted(live))
+        await conn.executemany(
+            Q.set_extracted_text,
+            [(i, *extracted[i]) for i in sorted(live) if i in extracted and i in prepared],
+        )
         keep = [r for r in chunk_rows if r.document_id in live]
         ids = [r["id"] for r in await conn.fetch(Q.allocate_chunk_ids, len(keep))]
         await conn.copy_records_to_table(

@@ -19,9 +19,21 @@ import asyncpg
 from shared.db.queries import Q
 from shared.db.retry import retry_transaction
 
-_STAGING_COLUMNS = ["external_id", "title", "body", "metadata", "content_hash"]
+_STAGING_COLUMNS = [
+    "external_id",
+    "title",
+    "body",
+    "metadata",
+    "content_hash",
+    "file_name",
+    "file_format",
+    "file_charset",
+    "file_data",
+]
 
-Record = tuple[str, str, str, str, bytes]
+# external_id, title, body, metadata (JSON), content hash, then for a file: its name, format,
+# declared charset and bytes (None for a JSON document).
+Record = tuple[str, str, str, str, bytes, str | None, str | None, str | None, bytes | None]
 
 
 @dataclass
@@ -41,9 +53,11 @@ async def store_upload(
     records: Callable[[], Iterable[Record]],
     count: int,
     rejected: int,
+    *,
+    has_files: bool = False,
 ) -> StoredUpload | None:
     """Write ``count`` documents (``records()`` yields them; called once per attempt); None,
-    writing nothing, when there are none."""
+    writing nothing, when there are none. ``has_files``: some records carry a file."""
     if count == 0:
         # Not even the collection is created by an upload that stores nothing.
         return None
@@ -61,6 +75,10 @@ async def store_upload(
         )
         await conn.execute(Q.insert_job, job_id, collection_id, rejected)
         ids = [r["id"] for r in await conn.fetch(Q.upsert_documents, collection_id, job_id)]
+        if ids:
+            await conn.execute(Q.delete_files, ids)
+            if has_files:
+                await conn.execute(Q.insert_files, collection_id, ids)
         await conn.execute(Q.update_unchanged_metadata, collection_id)
         await conn.execute(Q.set_job_counts, job_id, len(ids), count - len(ids))
         return StoredUpload(job_id, ids, count - len(ids))

@@ -10,11 +10,14 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.config import Settings
 from shared.text.normalize import normalize
 from shared.text.pipeline import normalized_content_hash
+
+if TYPE_CHECKING:
+    from shared.ingest.store import Record
 
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _ALLOWED_FIELDS = frozenset({"id", "title", "text", "metadata"})
@@ -72,8 +75,18 @@ class ValidDocument:
     metadata_json: str
     content_hash: bytes
 
-    def record(self) -> tuple[str, str, str, str, bytes]:
-        return (self.external_id, self.title, self.body, self.metadata_json, self.content_hash)
+    def record(self) -> Record:
+        return (
+            self.external_id,
+            self.title,
+            self.body,
+            self.metadata_json,
+            self.content_hash,
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 def check_collection(name: Any) -> str:
@@ -126,16 +139,8 @@ def document_id(obj: Any) -> str | None:
     return None
 
 
-def validate_document(obj: Any, settings: Settings) -> ValidDocument:
-    if not isinstance(obj, dict):
-        raise DocumentRejected(f"a document must be a JSON object, got {_type_name(obj)}")
-    unknown = sorted(set(obj) - _ALLOWED_FIELDS)
-    if unknown:
-        raise DocumentRejected(
-            f"unknown field(s) {', '.join(map(repr, unknown))}; allowed: id, title, text, metadata"
-        )
-
-    raw_id = obj.get("id")
+def check_id(raw_id: Any, settings: Settings) -> str:
+    """A document id as the API stores it (an integer id becomes its decimal string)."""
     if raw_id is None:
         raise DocumentRejected("id is required")
     if isinstance(raw_id, bool) or not isinstance(raw_id, str | int):
@@ -155,6 +160,32 @@ def validate_document(obj: Any, settings: Settings) -> ValidDocument:
             "id has a '.' or '..' segment between slashes, which URLs cannot carry"
         )
     _check_text(external_id, "id")
+    return external_id
+
+
+def check_metadata(metadata: Any) -> str:
+    """Metadata as the JSON text jsonb will take."""
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict):
+        raise DocumentRejected(f"metadata must be a JSON object, got {_type_name(metadata)}")
+    _check_json_value(metadata, "metadata")
+    metadata_json = json.dumps(metadata, ensure_ascii=False, separators=(",", ":"))
+    if len(metadata_json.encode("utf-8")) > _MAX_METADATA_BYTES:
+        raise DocumentRejected(f"metadata is larger than {_MAX_METADATA_BYTES} bytes")
+    return metadata_json
+
+
+def validate_document(obj: Any, settings: Settings) -> ValidDocument:
+    if not isinstance(obj, dict):
+        raise DocumentRejected(f"a document must be a JSON object, got {_type_name(obj)}")
+    unknown = sorted(set(obj) - _ALLOWED_FIELDS)
+    if unknown:
+        raise DocumentRejected(
+            f"unknown field(s) {', '.join(map(repr, unknown))}; allowed: id, title, text, metadata"
+        )
+
+    external_id = check_id(obj.get("id"), settings)
 
     text = obj.get("text")
     if text is None:
@@ -181,15 +212,7 @@ def validate_document(obj: Any, settings: Settings) -> ValidDocument:
     if len(title) > _MAX_TITLE_CHARS:
         raise DocumentRejected(f"title is longer than {_MAX_TITLE_CHARS} characters")
 
-    metadata = obj.get("metadata", {})
-    if metadata is None:
-        metadata = {}
-    if not isinstance(metadata, dict):
-        raise DocumentRejected(f"metadata must be a JSON object, got {_type_name(metadata)}")
-    _check_json_value(metadata, "metadata")
-    metadata_json = json.dumps(metadata, ensure_ascii=False, separators=(",", ":"))
-    if len(metadata_json.encode("utf-8")) > _MAX_METADATA_BYTES:
-        raise DocumentRejected(f"metadata is larger than {_MAX_METADATA_BYTES} bytes")
+    metadata_json = check_metadata(obj.get("metadata", {}))
 
     # Hashing the normalized text makes width- or spacing-only edits a no-op re-upload.
     digest = normalized_content_hash(normalize(title), normalized)

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from shared.text.chunk import Chunk, chunk_text, split_sentences
 from shared.text.normalize import normalize
@@ -33,6 +34,7 @@ __all__ = [
     "content_hash",
     "embedding_input",
     "prepare_document",
+    "prepare_pages",
     "query_terms",
     "unit_texts",
 ]
@@ -49,6 +51,7 @@ class PreparedChunk(Chunk):
     words: list[str]
     grams: list[str]
     units: list[list[str]]
+    page: int | None = None  # 1-based, for a paged file (PDF); offsets then point into the page
 
 
 def embedding_input(title: str, chunk_text: str) -> str:
@@ -116,6 +119,22 @@ def prepare_document(
                 [],
             )
         )
+    return out
+
+
+def prepare_pages(
+    title: str,
+    pages: list[str],
+    **options: Any,
+) -> list[PreparedChunk]:
+    """``prepare_document`` page by page: no chunk spans two pages, each knows its page, and
+    ordinals run on through the document. Options are ``prepare_document``'s."""
+    out: list[PreparedChunk] = []
+    for number, page in enumerate(pages, start=1):
+        if not normalize(page):
+            continue  # a blank page adds no chunk (not even the title-only one)
+        for c in prepare_document(title, page, **options):
+            out.append(replace(c, ordinal=len(out), page=number))
     return out
 
 

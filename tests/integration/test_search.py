@@ -88,8 +88,9 @@ def test_each_mode_finds_its_document(
     assert out["mode"] == mode
     assert ids(out)[0] == expected, out
     hit = out["hits"][0]
-    assert set(hit) == {"id", "title", "text", "chunk", "score", "metadata"}
+    assert set(hit) == {"id", "title", "text", "chunk", "page", "score", "metadata"}
     assert hit["chunk"] == 0 and hit["text"] and hit["score"] > 0
+    assert hit["page"] is None  # a JSON document has no pages
     scores = [h["score"] for h in out["hits"]]
     assert scores == sorted(scores, reverse=True)
     assert out["took_ms"] >= 0

@@ -1,7 +1,17 @@
 -- name: load_for_prep
-SELECT id, collection_id, external_id, version, title, body, job_id, attempts
-FROM documents WHERE id = ANY($1::bigint[]) AND status = 'queued'
-ORDER BY id;
+-- A document uploaded as a file has its format here; its bytes are read one file at a time.
+SELECT d.id, d.collection_id, d.external_id, d.version, d.title, d.body, d.job_id, d.attempts,
+       f.format AS file_format, f.charset AS file_charset
+FROM documents d LEFT JOIN document_files f ON f.document_id = d.id
+WHERE d.id = ANY($1::bigint[]) AND d.status = 'queued'
+ORDER BY d.id;
+
+-- name: load_file
+SELECT data FROM document_files WHERE document_id = $1;
+
+-- name: set_extracted_text
+-- The text prep extracted from a document's file becomes the document's title and body.
+UPDATE documents SET title = $2, body = $3 WHERE id = $1;
 
 -- name: lock_versions
 -- Rows locked in id order so concurrent workers cannot deadlock on documents.

@@ -17,7 +17,12 @@ CREATE TEMP TABLE upload_staging (
     title        text NOT NULL,
     body         text NOT NULL,
     metadata     jsonb NOT NULL,
-    content_hash bytea NOT NULL
+    content_hash bytea NOT NULL,
+    -- Set for a document uploaded as a file (POST /v1/files); NULL for JSON documents.
+    file_name    text,
+    file_format  text,
+    file_charset text,
+    file_data    bytea
 ) ON COMMIT DROP;
 
 -- name: insert_job
@@ -47,6 +52,18 @@ UPDATE documents d SET metadata = s.metadata, updated_at = now()
 FROM upload_staging s
 WHERE d.collection_id = $1 AND d.external_id = s.external_id
   AND d.content_hash = s.content_hash AND d.metadata <> s.metadata;
+
+-- name: delete_files
+-- The stored files of the documents an upload (re)queued go first: a changed file replaces the
+-- old one (insert_files), a document now uploaded as JSON keeps none.
+DELETE FROM document_files WHERE document_id = ANY($1::bigint[]);
+
+-- name: insert_files
+INSERT INTO document_files (document_id, filename, format, charset, bytes, data)
+SELECT d.id, s.file_name, s.file_format, s.file_charset, length(s.file_data), s.file_data
+FROM upload_staging s JOIN documents d ON d.collection_id = $1 AND d.external_id = s.external_id
+WHERE d.id = ANY($2::bigint[]) AND s.file_data IS NOT NULL
+ORDER BY d.id;
 
 -- name: set_job_counts
 UPDATE ingest_jobs SET total = $2, unchanged = $3,

@@ -102,7 +102,7 @@ best AS (
 ), top AS (
     SELECT * FROM best ORDER BY score DESC, key LIMIT $2
 )
-SELECT d.external_id, d.title, c.text, c.ordinal, t.score, d.metadata
+SELECT d.external_id, d.title, c.text, c.ordinal, c.page, t.score, d.metadata
 FROM top t JOIN chunks c ON c.id = t.chunk_id JOIN documents d ON d.id = t.document_id
 ORDER BY t.score DESC, t.key
 
