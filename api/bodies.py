@@ -28,6 +28,7 @@ from fastapi import Request
 
 from shared.config import Settings
 from shared.errors import RejectError
+from shared.ingest.store import Record
 from shared.ingest.validate import (
     DocumentRejected,
     ValidDocument,
@@ -39,6 +40,8 @@ from shared.ingest.validate import (
 
 # NDJSON lines are validated in batches of about this many bytes: one thread hop per batch.
 _BATCH_BYTES = 1 << 20
+# The largest spooled record msgpack will read back: a file at the settings' ceiling.
+_MAX_RECORD_BYTES = 2**31 - 1
 
 
 class Rejection(TypedDict):
@@ -78,14 +81,23 @@ class Spool:
     file: IO[bytes] = field(default_factory=lambda: tempfile.TemporaryFile(prefix="kensaku-"))
     count: int = 0
 
-    def add(self, doc: ValidDocument) -> None:
-        self.file.write(msgpack.packb(doc.record(), use_bin_type=True))
-        self.count += 1
+    has_files: bool = False
 
-    def records(self) -> Iterator[tuple[str, str, str, str, bytes]]:
+    def add(self, doc: ValidDocument) -> None:
+        self.add_record(doc.record())
+
+    def add_record(self, record: Record) -> None:
+        self.file.write(msgpack.packb(record, use_bin_type=True))
+        self.count += 1
+        self.has_files = self.has_files or record[-1] is not None
+
+    def records(self) -> Iterator[Record]:
         self.file.seek(0)
-        for rec in msgpack.Unpacker(self.file, raw=False, use_list=False):
-            yield tuple(rec)
+        # A file's bytes may be as large as max_file_bytes.
+        unpacker = msgpack.Unpacker(
+            self.file, raw=False, use_list=False, max_buffer_size=_MAX_RECORD_BYTES
+        )
+        yield from unpacker
 
     def close(self) -> None:
         self.file.close()
@@ -95,7 +107,7 @@ def _decode_error(exc: UnicodeDecodeError) -> str:
     return f"not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
 
 
-async def _chunks(request: Request, idle_timeout: float) -> AsyncIterator[bytes]:
+async def stream_with_idle_timeout(request: Request, idle_timeout: float) -> AsyncIterator[bytes]:
     """The request body, failing with 408 when the client goes quiet for ``idle_timeout``."""
     stream = request.stream().__aiter__()
     while True:
@@ -121,7 +133,7 @@ async def read_limited(request: Request, settings: Settings) -> bytes:
             status=413,
         )
     body = bytearray()
-    async for chunk in _chunks(request, settings.upload_idle_timeout_seconds):
+    async for chunk in stream_with_idle_timeout(request, settings.upload_idle_timeout_seconds):
         body += chunk
         if len(body) > limit:
             raise RejectError(
@@ -243,7 +255,7 @@ async def read_ndjson(
     oversized = False  # inside a line already known to be too long: drop it as it streams
     batch: list[tuple[int, bytes | None]] = []
     batch_bytes = 0
-    async for chunk in _chunks(request, settings.upload_idle_timeout_seconds):
+    async for chunk in stream_with_idle_timeout(request, settings.upload_idle_timeout_seconds):
         total += len(chunk)
         if total > cap:
             raise RejectError(

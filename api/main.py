@@ -20,7 +20,7 @@ from fastapi_offline import FastAPIOffline
 
 from api.auth import require_api_key
 from api.middleware import RequestIdMiddleware
-from api.routes import documents, health, jobs, search
+from api.routes import documents, files, health, jobs, search
 from api.routes import metrics as metrics_route
 from api.state import AppState
 from shared.broker import make_celery_app
@@ -84,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # with `authorization: {credentials: ...}` in its scrape config, docs/deploy.md).
     app.include_router(metrics_route.router, dependencies=secured, max_body_size=small)
     app.include_router(documents.router, dependencies=secured)
+    app.include_router(files.router, dependencies=secured)
     app.include_router(jobs.router, dependencies=secured, max_body_size=small)
     app.include_router(search.router, dependencies=secured, max_body_size=small)
 

@@ -23,8 +23,8 @@ class Error(BaseModel):
     """Every error: what is wrong, in a sentence."""
 
     detail: str
-    rejected: list[Rejection] | None = Field(
-        None, description="With 422 on an upload: every document and why it was refused"
+    rejected: list[Rejection] | list[FileRejection] | None = Field(
+        None, description="When an upload stores nothing: every document and why it was refused"
     )
     errors: list[FieldError] | None = Field(None, description="With 422: each invalid field")
 
@@ -34,6 +34,21 @@ class UploadAccepted(BaseModel):
     accepted: int
     unchanged: int
     rejected: list[Rejection]
+
+
+class FileRejection(BaseModel):
+    index: int = Field(description="0-based position of the 'files' part (a ZIP's for members)")
+    filename: str | None = Field(description="The file's name; a member's path in its archive")
+    error: str
+    status: int = Field(description="The status this file alone would get: 413, 415 or 422")
+    archive: str | None = Field(None, description="For a ZIP member: the archive's name")
+
+
+class FilesAccepted(BaseModel):
+    job_id: str
+    accepted: int
+    unchanged: int
+    rejected: list[FileRejection]
 
 
 class Document(BaseModel):
@@ -111,7 +126,7 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         404: "Unknown collection, document or job",
         408: "The client sent nothing for too long",
         413: "Too large: body, documents or lines over a limit",
-        415: "Unsupported content type",
+        415: "Unsupported content type (files: every file of a type kensaku does not read)",
         422: "Invalid request: the fields, or every document of an upload",
         503: "The database is unavailable or too slow; retry",
     }

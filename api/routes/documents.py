@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
+from api.accept import accepted, store_and_enqueue
 from api.bodies import DocumentFilter, Spool, read_json, read_ndjson
 from api.deps import State
 from api.schemas import Deleted, Document, UploadAccepted, errors
-from shared import metrics
-from shared.broker import enqueue_prep
 from shared.db.documents import delete_document, get_document
 from shared.errors import RejectError
-from shared.ingest.store import store_upload
 from shared.ingest.validate import DocumentRejected, check_collection
 
 log = logging.getLogger(__name__)
@@ -106,46 +103,17 @@ async def upload_documents(
                 "application/x-ndjson",
                 status=415,
             )
-        stored = await store_upload(st.pool, name, spool.records, spool.count, len(filt.rejected))
+        if spool.count == 0:
+            if not filt.rejected:
+                raise RejectError("the upload contains no documents")
+            raise RejectError(
+                f"none of the {len(filt.rejected)} documents was accepted",
+                detail={"rejected": filt.rejected},
+            )
+        stored = await store_and_enqueue(st, name, spool, len(filt.rejected))
     finally:
         spool.close()
-    if stored is None:
-        if not filt.rejected:
-            raise RejectError("the upload contains no documents")
-        raise RejectError(
-            f"none of the {len(filt.rejected)} documents was accepted",
-            detail={"rejected": filt.rejected},
-        )
-    metrics.DOCUMENTS_INGESTED.labels("api").inc(stored.accepted)
-    if stored.document_ids:
-        try:
-            await asyncio.to_thread(
-                enqueue_prep,
-                st.celery,
-                stored.document_ids,
-                settings.prep_batch_size,
-                str(stored.job_id),
-            )
-        except Exception:
-            # Stored durably already: the sweeper enqueues them once the broker is back.
-            log.exception("could not enqueue job %s; the sweeper will retry", stored.job_id)
-    log.info(
-        "upload job=%s collection=%s accepted=%d unchanged=%d rejected=%d",
-        stored.job_id,
-        name,
-        stored.accepted,
-        stored.unchanged,
-        len(filt.rejected),
-    )
-    body = UploadAccepted.model_validate(
-        {
-            "job_id": str(stored.job_id),
-            "accepted": stored.accepted,
-            "unchanged": stored.unchanged,
-            "rejected": filt.rejected,
-        }
-    )
-    return JSONResponse(body.model_dump(), status_code=202)
+    return accepted(UploadAccepted, stored, filt.rejected)
 
 
 # {doc_id:path}: an id may hold '/' (it is any string without control characters).

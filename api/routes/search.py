@@ -85,6 +85,9 @@ class Hit(BaseModel):
     title: str
     text: str = Field(description="The document's best-matching chunk")
     chunk: int = Field(description="That chunk's ordinal in the document")
+    page: int | None = Field(
+        None, description="The chunk's page (1-based) in a paged file (PDF); else null"
+    )
     score: float = Field(description="Ranking score: higher is better; scales differ by mode")
     metadata: dict[str, Any]
 

@@ -26,7 +26,8 @@ def _property(operation: Any) -> Any:
     # An upload the schema allows can still be refused document by document (text that
     # normalizes to nothing, a NUL, metadata too deep): when every document is, the answer is
     # 422 by design, which that one check would count against the API.
-    excluded = [positive_data_acceptance] if operation.path == "/v1/documents" else []
+    uploads = ("/v1/documents", "/v1/files")
+    excluded = [positive_data_acceptance] if operation.path in uploads else []
 
     @SETTINGS
     @given(case=operation.as_strategy())
