@@ -9,7 +9,6 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +112,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from shared.embed.build_default import main_build
     from shared.stack.stack import Stack, settings_env
+    from shared.upload import upload_jsonl, wait_jobs
 
     settings = get_settings()
     main_build(settings)
@@ -142,9 +142,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"metrics: {stack.api_url}/metrics")
         print(f"data:    {stack.data_dir}  (logs in {stack.data_dir / 'logs'})", flush=True)
         if args.ingest:
-            job = _ingest_file(stack.api_url, Path(args.ingest), args.collection, headers)
+            job = upload_jsonl(stack.api_url, Path(args.ingest), args.collection, headers)
             print(f"ingesting {args.ingest}: job {job['job_id']}", flush=True)
-            _wait_job(stack.api_url, job["job_id"], headers, progress=True)
+            wait_jobs(stack.api_url, [job["job_id"]], headers, progress=True)
         print("ready; Ctrl-C stops everything", flush=True)
         while True:
             for proc in stack.procs.values():
@@ -168,67 +168,60 @@ class _Interrupted(Exception):
 
 
 # --- ingest / status ------------------------------------------------------------------------
-def _ndjson_lines(path: Path) -> Iterator[bytes]:
-    with path.open("rb") as f:
-        for line in f:
-            if line.strip():
-                yield line if line.endswith(b"\n") else line + b"\n"
-
-
-def _ingest_file(api: str, path: Path, collection: str, headers: dict[str, str]) -> dict[str, Any]:
-    if not path.exists():
-        raise SystemExit(f"kensaku: no such file: {path}")
-    # One streamed NDJSON request: the file is never held in memory whole.
-    resp = httpx.post(
-        f"{api}/v1/documents",
-        params={"collection": collection},
-        content=_ndjson_lines(path),
-        headers={**headers, "Content-Type": "application/x-ndjson"},
-        timeout=600,
-    )
-    if resp.status_code != 202:
-        raise SystemExit(f"kensaku: upload failed ({resp.status_code}): {resp.text}")
-    body: dict[str, Any] = resp.json()
-    for r in body["rejected"][:20]:
-        print(f"rejected line {r['index'] + 1} (id {r['id']}): {r['error']}", file=sys.stderr)
-    return body
-
-
-def _wait_job(
-    api: str, job_id: str, headers: dict[str, str], *, progress: bool, timeout: float = 86400
-) -> dict[str, Any]:
-    from tqdm import tqdm
-
-    bar = None
-    deadline = time.monotonic() + timeout
-    status: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        status = httpx.get(f"{api}/v1/jobs/{job_id}", headers=headers, timeout=30).json()
-        if progress:
-            if bar is None:
-                bar = tqdm(total=status["total"], unit="doc", desc="indexed")
-            bar.n = status["indexed"] + status["failed"]
-            bar.set_postfix(prepped=status["prepped"], failed=status["failed"])
-            bar.refresh()
-        if status["status"] in ("done", "partial", "failed"):
-            break
-        time.sleep(0.5)
-    if bar is not None:
-        bar.close()
-    return status
-
-
 def cmd_ingest(args: argparse.Namespace) -> int:
-    api, headers = _api_url(args), _headers()
-    body = _ingest_file(api, Path(args.file), args.collection, headers)
-    print(
-        f"job {body['job_id']}: accepted {body['accepted']}, unchanged {body['unchanged']}, "
-        f"rejected {len(body['rejected'])}"
+    from shared.upload import (
+        JSONL_SUFFIXES,
+        UploadFailed,
+        collect_files,
+        upload_files,
+        upload_jsonl,
+        wait_jobs,
     )
-    if args.wait:
-        status = _wait_job(api, body["job_id"], headers, progress=True)
-        print(json.dumps(status, ensure_ascii=False, indent=2))
-        return 0 if status["status"] == "done" else 1
+
+    api, headers = _api_url(args), _headers()
+    paths = [Path(p) for p in args.paths]
+    jsonl = [p for p in paths if p.is_file() and p.suffix.lower() in JSONL_SUFFIXES]
+    others = [p for p in paths if p not in jsonl]
+    jobs: list[str] = []
+    try:
+        for path in jsonl:
+            body = upload_jsonl(api, path, args.collection, headers)
+            jobs.append(body["job_id"])
+            print(
+                f"{path}: job {body['job_id']}: accepted {body['accepted']}, unchanged "
+                f"{body['unchanged']}, rejected {len(body['rejected'])}"
+            )
+        if others:
+            files = collect_files(others, args.glob)
+            if not files:
+                return _fail("no files to upload (see --glob)")
+            result = upload_files(
+                api,
+                files,
+                args.collection,
+                headers,
+                batch_files=args.batch_files,
+                progress=True,
+            )
+            jobs += result.jobs
+            for r in result.rejected:
+                where = f" in {r['archive']}" if r.get("archive") else ""
+                print(f"rejected {r['filename']}{where}: {r['error']}", file=sys.stderr)
+            print(
+                f"{len(files)} file(s) in {len(result.jobs)} job(s): accepted {result.accepted}, "
+                f"unchanged {result.unchanged}, rejected {len(result.rejected)}"
+            )
+    except (UploadFailed, httpx.HTTPError) as exc:
+        return _fail(str(exc))
+    if args.wait and jobs:
+        statuses = wait_jobs(api, jobs, headers, progress=True)
+        for status in statuses:
+            for e in status["errors"][:20]:
+                print(f"failed {e['id']}: {e['error']}", file=sys.stderr)
+        print(
+            json.dumps(statuses if len(statuses) > 1 else statuses[0], ensure_ascii=False, indent=2)
+        )
+        return 0 if all(s["status"] == "done" for s in statuses) else 1
     return 0
 
 
@@ -321,10 +314,26 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--api", help="API base URL (default from KENSAKU_HOST/KENSAKU_PORT)")
         return sp
 
-    ing = with_api(sub.add_parser("ingest", help="upload a JSONL file of documents"))
-    ing.add_argument("file")
+    ing = with_api(
+        sub.add_parser(
+            "ingest",
+            help="upload JSONL documents, or files and folders (PDF, DOCX, HTML, Markdown, text)",
+        )
+    )
+    ing.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="a .jsonl/.ndjson file of documents, or files and directories (walked recursively)",
+    )
     ing.add_argument("--collection", default="default")
-    ing.add_argument("--wait", action="store_true", help="wait with a progress bar")
+    ing.add_argument(
+        "--glob",
+        help="which files of a directory to upload, e.g. '*.pdf' or '**/*.md' "
+        "(default: every file of a supported kind)",
+    )
+    ing.add_argument("--batch-files", type=int, default=50, help="files per request (default 50)")
+    ing.add_argument("--wait", action="store_true", help="wait for the jobs with a progress bar")
     ing.set_defaults(func=cmd_ingest)
 
     st = with_api(sub.add_parser("status", help="show a job's progress"))

@@ -50,6 +50,15 @@ class Settings(BaseSettings):
     # An NDJSON upload streams: it is bounded in total bytes and in silence between bytes.
     max_ndjson_bytes: int = Field(4 * 1024**3, ge=1024)
     upload_idle_timeout_seconds: float = Field(30.0, gt=0)
+    # File uploads (POST /v1/files): one file, one request, and ZIP archives (a ZIP is refused
+    # whole past these: its members, their inflated total, or a large member compressed more
+    # than max_zip_ratio times, the signature of a ZIP bomb).
+    max_file_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    max_files_request_bytes: int = Field(256 * 1024 * 1024, ge=1024)
+    max_files_per_request: int = Field(1_000, ge=1)
+    max_zip_members: int = Field(1_000, ge=1)
+    max_zip_uncompressed_bytes: int = Field(512 * 1024 * 1024, ge=1024)
+    max_zip_ratio: float = Field(100.0, ge=2.0)
     # Every other request body (search, ...) is refused past this before it is parsed.
     max_query_request_bytes: int = Field(1024 * 1024, ge=1024)
     # SIGTERM: the API, a worker's children and `kensaku up` are gone within this, whatever
