@@ -4,16 +4,19 @@ shared.ingest and hand retries to Celery; the work itself lives in shared/.
 Retries: any exception that reaches a task (the database or broker briefly gone, the model out
 of memory, the soft time limit) is retried by Celery with jittered exponential backoff, up to
 ``max_attempts``; after the last one the documents are recorded as failed so their job finishes.
-A worker process that dies mid-task is covered by the attempts counted in Postgres
-(shared/ingest/attempts.py).
+A worker process that dies mid-task is covered by the attempts counted in Postgres, and a task
+delivered twice by the claims made there (shared/ingest/attempts.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
+import asyncpg
 from celery import Task
 
 from shared.broker import (
@@ -27,8 +30,8 @@ from shared.broker import (
     enqueue_prep,
 )
 from shared.config import get_settings
-from shared.ingest.attempts import Claim, claim_attempt
-from shared.ingest.embed import embed_documents, fail_documents
+from shared.ingest.attempts import Claim, claim_attempt, give_up, release_held
+from shared.ingest.embed import embed_documents
 from shared.ingest.finalize import finalize_job, jobs_to_finalize
 from shared.ingest.prep import InlineEmbedding, LexicalParams, prep_documents
 from shared.logging import bind
@@ -48,15 +51,18 @@ class StageTask(Task):  # type: ignore[misc]
     retry_jitter = True
     max_retries = _MAX_ATTEMPTS - 1
     stage = ""
+    status = ""  # of the documents the stage takes
 
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
         doc_ids = list(args[0]) if args else []
         log.error("%s gave up on %d documents: %s", self.stage, len(doc_ids), exc)
+        message = f"{type(exc).__name__}: {exc}"
         try:
             rt = Runtime.for_process()
-            rt.run(fail_documents(rt.pool, doc_ids, self.stage, f"{type(exc).__name__}: {exc}"))
+            jobs = rt.run(give_up(rt.pool, doc_ids, self.status, self.stage, message))
+            _finalize_finished(rt, jobs)  # else the sweeper finds them, later
         except Exception:
             # Not even that worked: the documents stay pending, the sweeper tries them again
             # later and their attempts run out there.
@@ -70,36 +76,55 @@ def _finalize_finished(rt: Runtime, jobs: set[uuid.UUID]) -> None:
         enqueue_finalize(app, done)
 
 
-def _claim(rt: Runtime, doc_ids: list[int], status: str, stage: str) -> Claim:
-    claim = rt.run(claim_attempt(rt.pool, doc_ids, status, stage, rt.settings.max_attempts))
+@contextlib.contextmanager
+def _held_connection(rt: Runtime) -> Iterator[asyncpg.Connection]:
+    """The connection a task's claims live on, held until the task ends (attempts.py)."""
+    conn = rt.run(rt.pool.acquire())
+    try:
+        yield conn
+    finally:
+        try:
+            rt.run(release_held(rt.pool, conn))
+        except Exception:  # must not hide the task's own error
+            log.exception("could not release a task's claims; closing its connection")
+            conn.terminate()
+
+
+def _claim(
+    rt: Runtime, conn: asyncpg.Connection, doc_ids: list[int], status: str, stage: str
+) -> Claim:
+    claim = rt.run(claim_attempt(rt.pool, conn, doc_ids, status, stage, rt.settings.max_attempts))
     if claim.failed:
         log.warning("%s: %d documents out of attempts, failed", stage, len(claim.failed))
+    if claim.held:
+        log.info("%s: %d documents in another live task's hands, left to it", stage, claim.held)
     return claim
 
 
-@app.task(name=PREP_TASK, bind=True, base=StageTask, stage="prep")
+@app.task(name=PREP_TASK, bind=True, base=StageTask, stage="prep", status="queued")
 def prep(self: Task, doc_ids: list[int], job_id: str | None = None) -> dict[str, int]:
     with bind(job_id=job_id):
         rt = Runtime.for_process()
-        claim = _claim(rt, doc_ids, "queued", "prep")
-        if claim.split:
-            # Redelivered with documents tried before: one task each isolates a poison one.
-            enqueue_prep(app, claim.split, 1, job_id)
-            return {"split": len(claim.split), "failed": len(claim.failed)}
-        # A model that embeds the pipeline's lexemes is run inside prep (shared/ingest/prep.py).
-        inline = InlineEmbedding(rt.embedder, rt.table) if rt.embedder.takes_lexemes else None
-        result = rt.run(
-            prep_documents(
-                rt.pool,
-                claim.run,
-                count_tokens=rt.embedder.count_tokens,
-                max_tokens=rt.embedder.chunk_tokens(rt.settings.chunk_tokens),
-                overlap_tokens=rt.settings.chunk_overlap_tokens,
-                lexical=LexicalParams.from_settings(rt.settings),
-                inline=inline,
-                max_text_bytes=rt.settings.max_document_bytes,
+        with _held_connection(rt) as conn:
+            claim = _claim(rt, conn, doc_ids, "queued", "prep")
+            if claim.split:
+                # Redelivered with documents tried before: one task each isolates a poison one.
+                enqueue_prep(app, claim.split, 1, job_id)
+                return {"split": len(claim.split), "failed": len(claim.failed)}
+            # A model that embeds the pipeline's lexemes runs inside prep (shared/ingest/prep.py).
+            inline = InlineEmbedding(rt.embedder, rt.table) if rt.embedder.takes_lexemes else None
+            result = rt.run(
+                prep_documents(
+                    rt.pool,
+                    claim.run,
+                    count_tokens=rt.embedder.count_tokens,
+                    max_tokens=rt.embedder.chunk_tokens(rt.settings.chunk_tokens),
+                    overlap_tokens=rt.settings.chunk_overlap_tokens,
+                    lexical=LexicalParams.from_settings(rt.settings),
+                    inline=inline,
+                    max_text_bytes=rt.settings.max_document_bytes,
+                )
             )
-        )
         if result.prepped:
             batches = embed_batches(result.chunk_counts, rt.settings.embed_batch_size)
             enqueue_embed_batches(app, batches, job_id)
@@ -108,25 +133,26 @@ def prep(self: Task, doc_ids: list[int], job_id: str | None = None) -> dict[str,
             "prepped": len(result.prepped),
             "indexed": len(result.indexed),
             "failed": len(result.failed) + len(claim.failed),
-            "skipped": result.skipped,
+            "skipped": result.skipped + claim.held,
             "chunks": result.chunks,
         }
 
 
-@app.task(name=EMBED_TASK, bind=True, base=StageTask, stage="embed")
+@app.task(name=EMBED_TASK, bind=True, base=StageTask, stage="embed", status="prepped")
 def embed(self: Task, doc_ids: list[int], job_id: str | None = None) -> dict[str, int]:
     with bind(job_id=job_id):
         rt = Runtime.for_process()
-        claim = _claim(rt, doc_ids, "prepped", "embed")
-        if claim.split:
-            enqueue_embed(app, claim.split, 1, job_id)
-            return {"split": len(claim.split), "failed": len(claim.failed)}
-        result = rt.run(embed_documents(rt.pool, rt.embedder, rt.table, claim.run))
+        with _held_connection(rt) as conn:
+            claim = _claim(rt, conn, doc_ids, "prepped", "embed")
+            if claim.split:
+                enqueue_embed(app, claim.split, 1, job_id)
+                return {"split": len(claim.split), "failed": len(claim.failed)}
+            result = rt.run(embed_documents(rt.pool, rt.embedder, rt.table, claim.run))
         _finalize_finished(rt, result.jobs | claim.jobs)
         return {
             "indexed": len(result.indexed),
             "failed": len(claim.failed),
-            "skipped": result.skipped,
+            "skipped": result.skipped + claim.held,
             "chunks": result.chunks,
         }
 

@@ -18,7 +18,6 @@ from shared import metrics
 from shared.db.embeddings import ModelTable, ensure_partition, replace_embeddings
 from shared.db.queries import Q
 from shared.db.retry import retry_transaction
-from shared.ingest.prep import record_failure
 from shared.text.pipeline import embedding_input, unit_texts
 
 log = logging.getLogger(__name__)
@@ -101,11 +100,3 @@ async def embed_documents(
     metrics.DOCUMENTS_INGESTED.labels("embed").inc(len(result.indexed))
     metrics.CHUNKS_INGESTED.labels("embed").inc(result.chunks)
     return result
-
-
-async def fail_documents(pool: asyncpg.Pool, doc_ids: list[int], stage: str, message: str) -> None:
-    """Mark documents failed after the task gave up retrying (keeps their current version)."""
-    async with pool.acquire() as conn, conn.transaction():
-        for r in await conn.fetch(Q.lock_versions, doc_ids):
-            if r["status"] in ("queued", "prepped"):
-                await record_failure(conn, r["id"], r["version"], r["job_id"], stage, message)

@@ -112,6 +112,10 @@ def test_concurrent_uploads_deletes_and_searches(stack: Any, collection: str) ->
                 body = resp.json()
                 assert body["text"] == text, (doc_id, body["text"], text)
                 if body["status"] == "indexed" or time.monotonic() > deadline:
-                    assert body["status"] == "indexed", body
+                    assert body["status"] == "indexed", (
+                        body["status"],
+                        body["last_error"],
+                        stack.procs["worker"].tail(60),
+                    )
                     break
                 time.sleep(0.2)

@@ -41,7 +41,8 @@ SET chunk_count = cs.chunk_count + excluded.chunk_count,
     lexeme_total = cs.lexeme_total + excluded.lexeme_total;
 
 -- name: mark_prepped
-UPDATE documents SET status = 'prepped', updated_at = now(), last_error = NULL
+-- Attempts count per stage: embedding starts at zero.
+UPDATE documents SET status = 'prepped', attempts = 0, updated_at = now(), last_error = NULL
 WHERE id = ANY($1::bigint[]);
 
 -- name: mark_indexed
@@ -62,13 +63,35 @@ FROM chunks c JOIN documents d ON d.id = c.document_id
 WHERE d.id = ANY($1::bigint[]) AND d.status = 'prepped'
 ORDER BY c.id;
 
--- name: claim_attempt
--- A task starts on these documents: count the attempt first, in its own transaction, so a
--- document whose processing kills the worker process is seen coming back (task_reject_on_worker_
--- lost requeues the batch) and ends failed after max_attempts instead of forever.
-UPDATE documents SET attempts = attempts + 1
-WHERE id = ANY($1::bigint[]) AND status = $2::document_status
-RETURNING id, attempts, version, job_id;
+-- name: lock_claims
+-- A task claims its documents still in status $2 (shared/ingest/attempts.py): a session-level
+-- lock per (document, version, stage) on the task's held connection. One already taken is
+-- another live task's: it ends with that task or with its process.
+WITH c AS MATERIALIZED (
+    SELECT id, version, attempts FROM documents
+    WHERE id = ANY($1::bigint[]) AND status = $2::document_status
+)
+SELECT id, version, attempts,
+       pg_try_advisory_lock(hashtextextended(id::text || '/' || version::text || '/' || $2::text, 0))
+           AS locked
+FROM c ORDER BY id;
+
+-- name: count_attempts
+-- The attempt is counted first, in its own transaction, so a document whose processing kills
+-- the worker process is seen coming back and ends failed after max_attempts instead of forever.
+-- Rows locked in id order, like every other writer of documents.
+UPDATE documents d SET attempts = d.attempts + 1
+FROM (
+    SELECT x.id FROM documents x
+    JOIN unnest($1::bigint[], $2::bigint[]) AS t(id, version) ON x.id = t.id AND x.version = t.version
+    WHERE x.status = $3::document_status
+    ORDER BY x.id FOR UPDATE OF x
+) p
+WHERE d.id = p.id
+RETURNING d.id, d.attempts, d.version, d.job_id;
+
+-- name: release_claims
+SELECT pg_advisory_unlock_all();
 
 -- name: chunk_counts
 SELECT document_id, count(*) AS n FROM chunks WHERE document_id = ANY($1::bigint[])
