@@ -18,6 +18,11 @@ app = make_celery_app(get_settings())
 # The worker imports the task module when it starts (Celery's usual way; the tasks import `app`
 # from here, so importing them here too would be a cycle).
 app.conf.include = ["worker.tasks"]
+# The API gives up publishing within seconds (the sweeper re-enqueues later); a worker must not
+# give up at all: after three failed reconnects (12 s) Celery's consumer stops the worker for
+# good, so a Redis that takes longer to come back (a restart loading its append-only file)
+# would leave no worker. None: keep reconnecting, with Celery's growing backoff.
+app.conf.broker_connection_max_retries = None
 # kensaku's structured logging instead of Celery's own set-up (task id and name on every line).
 setup_logging.connect(setup_celery_logging)
 

@@ -134,7 +134,9 @@ def test_redis_killed_and_restarted_on_its_data(
     port, data = stack.redis.port, stack.data_dir / "redis"
     stack.redis.process.kill()  # no goodbye; the append-only file has what was written
     stack.redis.process.wait(10)
-    time.sleep(2)
+    # Down longer than the 12 s of reconnects after which Celery's consumer stops a worker for
+    # good unless told to keep trying (worker/celery_app.py).
+    time.sleep(16)
     stack.redis = start_redis(data, port)
     final = wait_job(api, job, timeout=240)
     assert final["status"] == "done", final
