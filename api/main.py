@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             import torch
 
             torch.set_num_threads(settings.query_threads)
-            table = await register_embedder(pool, embedder)
+            table = await register_embedder(pool, embedder, settings.vector_index)
             st = AppState(settings, pool, redis, make_celery_app(settings), embedder, table)
             st.background.append(asyncio.create_task(sweep_forever(pool, st.celery, settings)))
             app.state.kensaku = st

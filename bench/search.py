@@ -112,6 +112,36 @@ def vacuum_analyze(database_url: str) -> None:
     asyncio.run(run())
 
 
+def vector_storage(database_url: str) -> str:
+    """The size of the vectors' partitions and of their indexes, as a line."""
+    import asyncio
+
+    import asyncpg
+
+    async def run() -> asyncpg.Record:
+        conn = await asyncpg.connect(database_url)
+        try:
+            return await conn.fetchrow(
+                """
+                SELECT count(DISTINCT i.indexrelid) AS indexes,
+                       coalesce(sum(pg_relation_size(i.indexrelid)), 0) AS index_bytes,
+                       (SELECT coalesce(sum(pg_relation_size(c.oid)), 0) FROM pg_class c
+                        WHERE c.relname ~ '^emb_.*_c[0-9]+$' AND c.relkind = 'r') AS table_bytes
+                FROM pg_index i JOIN pg_class x ON x.oid = i.indexrelid
+                WHERE x.relname ~ '^emb_.*_c[0-9]+_(hnsw|hf|hb|iv)$'
+                """
+            )
+        finally:
+            await conn.close()
+
+    r = asyncio.run(run())
+    mb = 1024 * 1024
+    return (
+        f"vectors: {r['table_bytes'] / mb:.1f} MB in the partitions, {r['indexes']} vector "
+        f"index(es) of {r['index_bytes'] / mb:.1f} MB"
+    )
+
+
 def mixed_load(
     api: str, texts: list[str], docs: list[dict[str, str]], seconds: float
 ) -> dict[str, Any]:
@@ -213,6 +243,7 @@ def _run_stack(
         f"ingest through the API until the job was done: {seconds:.1f} s = {rate:.0f} docs/s, "
         f"{rate / limit:.2f}x Sudachi's two-core limit"
     )
+    print(vector_storage(stack.database_url))
     for phase in ("at once after the job was done", "after VACUUM (ANALYZE)"):
         if phase.startswith("after"):
             vacuum_analyze(stack.database_url)
@@ -248,7 +279,7 @@ def main(
     queries = load_queries(queries_path)
     print(
         f"bench search: {corpus} ({len(docs)} documents), {queries_path} "
-        f"({len(queries)} queries), model {settings.model}"
+        f"({len(queries)} queries), model {settings.model}, vector index {settings.vector_index}"
     )
     limit = sudachi_limit(docs)
     print(f"Sudachi alone (title + text, 2 cores): {limit:.0f} docs/s")

@@ -108,6 +108,14 @@ class Settings(BaseSettings):
     # HNSW recall@10 against exact search on ja_dev's 60,756 sentence vectors: 0.964 at 40,
     # 0.983 at 100 (0.9 ms), 0.992 at 200 (1.6 ms), 0.995 at 400 (2.7 ms) (bench/RESULTS.md).
     hnsw_ef_search: int = Field(100, ge=1, le=1000)
+    # The index a collection's partition gets (vectors are stored as halfvec whichever it is):
+    # hnsw_halfvec: HNSW over the stored half-precision vectors; hnsw: over them as float32;
+    # hnsw_binary: over their sign bits (Hamming distance), the best binary_rerank_factor × the
+    # candidates wanted then re-ranked by the full vectors; ivfflat: k-means lists (rows/1000,
+    # sqrt(rows) past a million), ivfflat_probes of them searched per query.
+    vector_index: Literal["hnsw", "hnsw_halfvec", "hnsw_binary", "ivfflat"] = "hnsw_halfvec"
+    binary_rerank_factor: int = Field(4, ge=1, le=100)
+    ivfflat_probes: int = Field(10, ge=1, le=10_000)
 
     # --- search ---------------------------------------------------------------------------
     # Chunks each channel hands to the exact re-scoring and the fusion (at least 4 × top_k).

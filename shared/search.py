@@ -6,6 +6,7 @@ and its measured choices are in shared/db/sql/search.sql.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from dataclasses import dataclass
@@ -35,12 +36,15 @@ class SearchParams:
     filter: dict[str, FilterValue | list[FilterValue]] | None = None
 
 
-def _compose(query: str, *, filtered: bool, vec: str) -> str:
-    """A search query with the shared fragments of search.sql put in (once, at import)."""
+def _compose(query: str, *, filtered: bool, vec: str, table: ModelTable, rerank: int) -> str:
+    """A search query with the shared fragments of search.sql put in, for ``table``'s kind of
+    index (the partition and the dimension are ModelTable.sql's to fill)."""
+    vector = Q.fragment_vector_rerank if table.index_kind == "hnsw_binary" else Q.fragment_vector
     sql = (
         query.replace("{lexical}", Q.fragment_lexical)
-        .replace("{vector}", Q.fragment_vector)
+        .replace("{vector}", vector.replace("{vector_order}", table.vector_order))
         .replace("{best_per_document}", Q.fragment_best_per_document)
+        .replace("{rerank}", str(int(rerank)))
     )
     if filtered:
         sql = sql.replace("{posting_filter}", Q.fragment_posting_filter)
@@ -48,20 +52,24 @@ def _compose(query: str, *, filtered: bool, vec: str) -> str:
     else:
         # A constant test keeps $4 typed and is evaluated once; the joins disappear.
         sql = sql.replace("{posting_filter}", "AND $4::jsonb IS NOT NULL")
-        sql = sql.replace("{vector_filter}", "WHERE e.collection_id = $1 AND $4::jsonb IS NOT NULL")
+        sql = sql.replace(
+            "{vector_filter}", "WHERE $1::integer IS NOT NULL AND $4::jsonb IS NOT NULL"
+        )
     return sql.replace("{vec}", vec)
 
 
-_SOURCES: tuple[tuple[Mode, str, str], ...] = (
-    ("lexical", Q.search_lexical, ""),
-    ("vector", Q.search_vector, "$5"),
-    ("hybrid", Q.search_hybrid, "$11"),
-)
-_QUERIES: dict[tuple[Mode, bool], str] = {
-    (mode, filtered): _compose(query, filtered=filtered, vec=vec)
-    for mode, query, vec in _SOURCES
-    for filtered in (False, True)
+_SOURCES: dict[Mode, tuple[str, str]] = {
+    "lexical": (Q.search_lexical, ""),
+    "vector": (Q.search_vector, "$5"),
+    "hybrid": (Q.search_hybrid, "$11"),
 }
+
+
+@functools.cache
+def search_sql(mode: Mode, filtered: bool, table: ModelTable, rerank: int) -> str:
+    """The query of ``mode`` for ``table`` (its partition left as a placeholder), composed once."""
+    query, vec = _SOURCES[mode]
+    return _compose(query, filtered=filtered, vec=vec, table=table, rerank=rerank)
 
 
 def _storable(value: object) -> bool:
@@ -167,6 +175,7 @@ async def search(
     # Enough chunk candidates that top_k distinct documents survive the best-chunk grouping.
     candidates = max(settings.search_candidates, params.top_k * 4)
     common = (info.id, params.top_k, candidates, flt)
+    rerank = settings.binary_rerank_factor
     mode = params.mode
     if mode == "hybrid" and not info.has_vectors:
         mode = "lexical"  # nothing embedded yet: lexical ranking is all there is
@@ -180,14 +189,14 @@ async def search(
             q = lexical_query(terms, settings)
             if q.words:
                 rows = await pool.fetch(
-                    _QUERIES[("lexical", filtered)],
+                    search_sql("lexical", filtered, table, rerank),
                     *common,
                     *_lexical_args(q, settings),
                     timeout=timeout,
                 )
         elif info.has_vectors:
             vector = await _encode_query(embedder, params.query, terms)
-            sql = table.sql(_QUERIES[(mode, filtered)], info.id)
+            sql = table.sql(search_sql(mode, filtered, table, rerank), info.id)
             if mode == "vector":
                 rows = await pool.fetch(sql, *common, vector, timeout=timeout)
             else:

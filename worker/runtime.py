@@ -75,7 +75,7 @@ class Runtime:
 
     @cached_property
     def table(self) -> ModelTable:
-        table = self.run(register_embedder(self.pool, self.embedder))
+        table = self.run(register_embedder(self.pool, self.embedder, self.settings.vector_index))
         log.info("worker %s writes vectors to %s", self.pid, table.table)
         return table
 

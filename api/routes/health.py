@@ -50,7 +50,7 @@ async def readyz(st: State) -> JSONResponse:
         "device": st.embedder.device,
         "dimension": st.embedder.dimension,
         "vector_unit": st.table.vector_unit,
-        "index": "hnsw_halfvec",
+        "index": st.table.index_kind,
         "dimensions_stored": st.table.dimension,
     }
     ready = checks["database"] == "ok" and checks["broker"] == "ok"

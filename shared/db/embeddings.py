@@ -5,7 +5,9 @@ not a failure deep inside a COPY.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import math
 import re
 from dataclasses import dataclass
 from typing import Protocol
@@ -30,14 +32,27 @@ _PARTITION_LOCK = 0x6B656E70
 VECTOR_UNITS = ("chunk", "sentence")
 
 
+# KENSAKU_VECTOR_INDEX → the suffix of a partition's index name (short: a partition's name
+# leaves 5 characters of Postgres's 63; hnsw_halfvec keeps the name it always had).
+INDEX_SUFFIXES = {"hnsw_halfvec": "hnsw", "hnsw": "hf", "hnsw_binary": "hb", "ivfflat": "iv"}
+
+
 @dataclass(frozen=True)
 class ModelTable:
-    """A model's embedding table (one partition per collection) and how its vectors were made."""
+    """A model's embedding table (one partition per collection) and how its vectors were made,
+    with the kind of index its partitions get (KENSAKU_VECTOR_INDEX)."""
 
     model: str
     table: str
     dimension: int
     vector_unit: str = "chunk"
+    index_kind: str = "hnsw_halfvec"
+
+    def __post_init__(self) -> None:
+        if self.index_kind not in INDEX_SUFFIXES:
+            raise ConfigError(
+                f"unknown vector index {self.index_kind!r}; one of {', '.join(INDEX_SUFFIXES)}"
+            )
 
     @property
     def vector_type(self) -> str:
@@ -46,8 +61,34 @@ class ModelTable:
     def partition(self, collection_id: int) -> str:
         return f"{self.table}_c{int(collection_id)}"
 
-    def index(self, collection_id: int) -> str:
-        return f"{self.partition(collection_id)}_hnsw"
+    def index(self, collection_id: int, kind: str | None = None) -> str:
+        return f"{self.partition(collection_id)}_{INDEX_SUFFIXES[kind or self.index_kind]}"
+
+    def index_method(self, rows: int) -> str:
+        """The USING clause of a partition's index over ``rows`` vectors."""
+        d = self.dimension
+        if self.index_kind == "hnsw":
+            return f"hnsw ((embedding::vector({d})) vector_cosine_ops)"
+        if self.index_kind == "hnsw_binary":
+            return f"hnsw ((binary_quantize(embedding)::bit({d})) bit_hamming_ops)"
+        if self.index_kind == "ivfflat":
+            # pgvector's advice: rows / 1000 lists up to a million rows, sqrt(rows) beyond.
+            lists = max(1, rows // 1000 if rows <= 1_000_000 else math.isqrt(rows))
+            return f"ivfflat (embedding halfvec_cosine_ops) WITH (lists = {lists})"
+        return "hnsw (embedding halfvec_cosine_ops)"
+
+    @property
+    def vector_order(self) -> str:
+        """The nearest-first ORDER BY expression the partition's index serves ({vec}: the
+        query vector)."""
+        if self.index_kind == "hnsw":
+            return f"e.embedding::vector({self.dimension}) <=> {{vec}}::vector({self.dimension})"
+        if self.index_kind == "hnsw_binary":
+            return (
+                f"binary_quantize(e.embedding)::bit({self.dimension}) "
+                "<~> binary_quantize({vec}::halfvec)"
+            )
+        return "e.embedding <=> {vec}"
 
     def sql(self, query: str, collection_id: int | None = None) -> str:
         """A named query with this model's table (and a collection's partition) filled in:
@@ -58,6 +99,7 @@ class ModelTable:
             "table": self.table,
             "vector_type": self.vector_type,
             "opclass": "halfvec_cosine_ops",
+            "dimension": str(self.dimension),
         }
         if collection_id is not None:
             names |= {
@@ -141,9 +183,12 @@ class EmbedderInfo(Protocol):
     document_prompt: str | None
 
 
-async def register_embedder(pool: asyncpg.Pool, embedder: EmbedderInfo) -> ModelTable:
-    """``ensure_model_table`` for a loaded model, which is then the active one."""
-    return await ensure_model_table(
+async def register_embedder(
+    pool: asyncpg.Pool, embedder: EmbedderInfo, index_kind: str = "hnsw_halfvec"
+) -> ModelTable:
+    """``ensure_model_table`` for a loaded model, which is then the active one; its partitions
+    get ``index_kind`` indexes."""
+    table = await ensure_model_table(
         pool,
         model=embedder.name,
         dimension=embedder.dimension,
@@ -152,6 +197,7 @@ async def register_embedder(pool: asyncpg.Pool, embedder: EmbedderInfo) -> Model
         query_prompt=embedder.query_prompt,
         document_prompt=embedder.document_prompt,
     )
+    return dataclasses.replace(table, index_kind=index_kind)
 
 
 async def ensure_partition(pool: asyncpg.Pool, mt: ModelTable, collection_id: int) -> None:

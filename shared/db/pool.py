@@ -33,10 +33,12 @@ async def create_pool(
         init=_init,
         reset=_keep_session,
         # Search reads these per connection, so a query stays one round trip (no SET first).
-        # relaxed_order iterative scans keep filtered HNSW queries returning top_k rows.
+        # relaxed_order iterative scans keep filtered index scans returning top_k rows.
         server_settings={
             "hnsw.ef_search": str(settings.hnsw_ef_search),
             "hnsw.iterative_scan": "relaxed_order",
+            "ivfflat.probes": str(settings.ivfflat_probes),
+            "ivfflat.iterative_scan": "relaxed_order",
             # Exact (index-less) vector plans sort rows carrying their vectors; 4 MB spills.
             "work_mem": "32MB",
             "statement_timeout": str(timeout_ms),

@@ -23,7 +23,7 @@ import uuid
 import asyncpg
 
 from shared.config import Settings
-from shared.db.embeddings import ModelTable
+from shared.db.embeddings import INDEX_SUFFIXES, ModelTable
 from shared.db.queries import Q
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,8 @@ async def _has_partition(conn: asyncpg.Connection, table: ModelTable, collection
 async def build_vector_index(
     conn: asyncpg.Connection, table: ModelTable, collection_id: int, settings: Settings
 ) -> bool:
-    """Build the partition's HNSW index if it is missing and the partition is large enough.
+    """Build the partition's index (KENSAKU_VECTOR_INDEX) if it is missing and the partition is
+    large enough, then drop any of another kind.
     Writes to the partition wait during the build; searches go on (exactly)."""
     state = await conn.fetchrow(
         Q.partition_state, table.partition(collection_id), table.index(collection_id)
@@ -114,11 +115,19 @@ async def build_vector_index(
             Q.set_local, "max_parallel_maintenance_workers", str(settings.hnsw_build_workers)
         )
         started = time.perf_counter()
-        await conn.execute(table.sql(Q.create_partition_index, collection_id), timeout=_LONG)
+        create = table.sql(Q.create_partition_index, collection_id).replace(
+            "{index_method}", table.index_method(rows)
+        )
+        await conn.execute(create, timeout=_LONG)
     log.info(
-        "built %s over %d vectors in %.1f s",
+        "built %s (%s) over %d vectors in %.1f s",
         table.index(collection_id),
+        table.index_kind,
         rows,
         time.perf_counter() - started,
     )
+    for kind in INDEX_SUFFIXES:
+        if kind != table.index_kind:
+            drop = Q.drop_partition_index.replace("{index}", table.index(collection_id, kind))
+            await conn.execute(drop)
     return True

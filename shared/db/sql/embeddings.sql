@@ -47,7 +47,11 @@ SELECT (SELECT reltuples FROM pg_class WHERE oid = to_regclass($1)) AS estimated
 SELECT count(*) FROM {partition};
 
 -- name: create_partition_index
-CREATE INDEX IF NOT EXISTS {index} ON {partition} USING hnsw (embedding {opclass});
+CREATE INDEX IF NOT EXISTS {index} ON {partition} USING {index_method};
+
+-- name: drop_partition_index
+-- An index of a kind no longer configured (KENSAKU_VECTOR_INDEX changed): only slows writes.
+DROP INDEX IF EXISTS {index};
 
 -- name: delete_embeddings
 DELETE FROM {partition} WHERE chunk_id = ANY($1::bigint[]);

@@ -18,7 +18,8 @@
 -- The queries are put together by shared/search.py from the fragment_* blocks: {lexical},
 -- {vector}, {best_per_document}, {vec}, {posting_filter} and {vector_filter} (the filtered
 -- forms below, or a constant test of $4 when there is no filter, so the joins disappear), and
--- per model and collection {partition} (ModelTable).
+-- per model, index kind and collection {vector_order}, {rerank}, {dimension} and {partition}
+-- (ModelTable).
 
 -- name: fragment_posting_filter
 AND EXISTS (
@@ -30,8 +31,10 @@ AND EXISTS (
               SELECT 1 FROM jsonb_array_elements(grp) alt WHERE d.metadata @> alt)))
 
 -- name: fragment_vector_filter
+-- Every row of a collection's partition is the collection's: no test of e.collection_id, which
+-- would only offer the planner a primary-key scan and a sort instead of the vector index.
 JOIN chunks c ON c.id = e.chunk_id JOIN documents d ON d.id = c.document_id
-WHERE e.collection_id = $1
+WHERE $1::integer IS NOT NULL
   AND NOT EXISTS (
       SELECT 1 FROM jsonb_array_elements($4::jsonb) grp
       WHERE NOT EXISTS (
@@ -77,16 +80,38 @@ terms AS (
 
 -- name: fragment_vector
 -- CTE vector_hits: the chunks of the nearest vector units, each with its best unit's cosine.
--- {partition} is the model's table for this collection: with an HNSW index once it is large
--- enough (an iterative scan, so filtered-out rows do not shrink the result), else scanned
--- exactly. Materialized: inlined, the vectors would be carried into the outer sorts.
+-- {partition} is the model's table for this collection: with an index once it is large enough
+-- (an iterative scan, so filtered-out rows do not shrink the result), else scanned exactly.
+-- {vector_order} is the expression the partition's kind of index serves (ModelTable); the
+-- cosine is the stored vectors' whatever the index. Materialized: inlined, the vectors would be
+-- carried into the outer sorts.
 vector_hits AS MATERIALIZED (
     SELECT u.chunk_id, max(1 - u.distance) AS cosine
     FROM (
         SELECT e.chunk_id, e.embedding <=> {vec} AS distance
         FROM {partition} e
         {vector_filter}
-        ORDER BY e.embedding <=> {vec}
+        ORDER BY {vector_order}
+        LIMIT $3
+    ) u
+    GROUP BY u.chunk_id
+)
+
+-- name: fragment_vector_rerank
+-- vector_hits for an index over quantized vectors (hnsw_binary): {rerank} × $3 candidates in
+-- the index's order, re-ranked by the stored vectors' cosine.
+vector_hits AS MATERIALIZED (
+    SELECT u.chunk_id, max(1 - u.distance) AS cosine
+    FROM (
+        SELECT b.chunk_id, b.embedding <=> {vec} AS distance
+        FROM (
+            SELECT e.chunk_id, e.embedding
+            FROM {partition} e
+            {vector_filter}
+            ORDER BY {vector_order}
+            LIMIT $3 * {rerank}
+        ) b
+        ORDER BY distance
         LIMIT $3
     ) u
     GROUP BY u.chunk_id

@@ -1,0 +1,109 @@
+"""Each KENSAKU_VECTOR_INDEX kind on the real database: finalize builds it (and drops an index of
+another kind), search's query is the one that index serves (the plan reads it), and vector and
+hybrid searches through it rank the sample corpus as the exact scan does."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from shared.config import Settings
+from shared.db.embeddings import INDEX_SUFFIXES, ModelTable, register_embedder
+from shared.db.pool import create_pool
+from shared.embed.embedder import Embedder, load_embedder
+from shared.ingest.finalize import build_vector_index
+from shared.search import CollectionCache, Mode, SearchParams, search, search_sql
+from tests.helpers import wait_job
+from tests.integration.test_ingest import upload
+
+pytestmark = pytest.mark.integration
+
+SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample" / "corpus.jsonl"
+QUERIES = ["世界一高い電波塔", "地球が太陽を回る周期", "日本の伝統的な料理"]
+MODES: tuple[Mode, ...] = ("vector", "hybrid")
+
+
+@pytest.fixture(scope="module")
+def sample_collection(stack: Any, api: httpx.Client) -> str:
+    name = "vector-index-sample"
+    docs = [json.loads(line) for line in SAMPLE.read_text(encoding="utf-8").splitlines()]
+    assert wait_job(api, upload(api, name, docs)["job_id"])["status"] == "done"
+    return name
+
+
+@pytest.mark.parametrize("kind", sorted(INDEX_SUFFIXES))
+def test_vector_index_kind(stack: Any, sample_collection: str, kind: str) -> None:
+    settings = Settings(
+        database_url=stack.database_url,
+        redis_url=stack.redis_url,
+        hnsw_min_rows=1,
+        vector_index=kind,  # type: ignore[arg-type]
+    )
+    asyncio.run(_check_kind(settings, sample_collection, kind))
+
+
+async def _check_kind(settings: Settings, collection: str, kind: str) -> None:
+    embedder = load_embedder(settings)
+    pool = await create_pool(settings, min_size=1)
+    try:
+        default = await register_embedder(pool, embedder)
+        table = dataclasses.replace(default, index_kind=kind)
+        cid = await pool.fetchval("SELECT id FROM collections WHERE name = $1", collection)
+        exact = {
+            (q, mode): await _ids(pool, embedder, default, settings, collection, q, mode)
+            for q in QUERIES
+            for mode in MODES
+        }
+        async with pool.acquire() as conn:
+            assert await build_vector_index(conn, table, cid, settings)
+        present = {
+            k
+            for k in INDEX_SUFFIXES
+            if await pool.fetchval("SELECT to_regclass($1) IS NOT NULL", table.index(cid, k))
+        }
+        assert present == {kind}
+
+        async with pool.acquire() as conn:
+            # Forced onto the index (a partition this small is cheaper to scan): a query whose
+            # ORDER BY the index does not serve would still plan a sequential scan.
+            await conn.execute("SET enable_seqscan = off; SET enable_bitmapscan = off")
+            try:
+                vector = embedder.encode_query(QUERIES[0])
+                sql = table.sql(search_sql("vector", False, table, 4), cid)
+                plan = "\n".join(
+                    r[0] for r in await conn.fetch("EXPLAIN " + sql, cid, 5, 50, "[]", vector)
+                )
+                assert table.index(cid) in plan, plan
+                for (q, mode), want in exact.items():
+                    got = await _ids(conn, embedder, table, settings, collection, q, mode)
+                    assert got == want, (kind, q, mode)
+            finally:
+                await conn.execute("RESET enable_seqscan; RESET enable_bitmapscan")
+        # The kind the stack runs with is rebuilt by its next finalize; leave none behind.
+        await pool.execute(f"DROP INDEX {table.index(cid)}")
+    finally:
+        await pool.close()
+
+
+async def _ids(
+    db: asyncpg.Pool | asyncpg.Connection,
+    embedder: Embedder,
+    table: ModelTable,
+    settings: Settings,
+    collection: str,
+    query: str,
+    mode: Mode,
+) -> list[str]:
+    # search() reads through whatever it is given: a pool, or one connection set up by the test.
+    params = SearchParams(query=query, collection=collection, top_k=5, mode=mode)
+    result = await search(db, embedder, table, settings, params, CollectionCache())  # type: ignore[arg-type]
+    ids = [h["id"] for h in result["hits"]]
+    assert ids, (query, mode)
+    return ids
