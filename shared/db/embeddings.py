@@ -98,8 +98,6 @@ class ModelTable:
         names = {
             "table": self.table,
             "vector_type": self.vector_type,
-            "opclass": "halfvec_cosine_ops",
-            "dimension": str(self.dimension),
         }
         if collection_id is not None:
             names |= {

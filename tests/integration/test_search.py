@@ -96,6 +96,15 @@ def test_each_mode_finds_its_document(
     assert out["took_ms"] >= 0
 
 
+def test_readyz_reports_the_vector_index(api: httpx.Client) -> None:
+    from shared.config import Settings
+
+    embedding = api.get("/readyz").json()["embedding"]
+    # The stack runs with the defaults: what a deployment sets is what it reports.
+    assert embedding["index"] == Settings.model_fields["vector_index"].default == "hnsw_halfvec"
+    assert embedding["dimensions_stored"] == embedding["dimension"] == 300
+
+
 def test_default_mode_is_hybrid(api: httpx.Client, search_collection: str) -> None:
     assert search(api, search_collection, query="茶道")["mode"] == "hybrid"
 

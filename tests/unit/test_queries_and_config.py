@@ -8,11 +8,11 @@ import pytest
 from pydantic import ValidationError
 
 from shared.config import Settings
-from shared.db.embeddings import TABLE_NAME, ModelTable, table_name_for
+from shared.db.embeddings import INDEX_SUFFIXES, TABLE_NAME, ModelTable, table_name_for
 from shared.db.migrate import discover
 from shared.db.queries import Q, parse_queries
 from shared.errors import ConfigError
-from shared.search import filter_groups
+from shared.search import filter_groups, search_sql
 
 
 def test_parse_queries_splits_named_blocks() -> None:
@@ -38,6 +38,29 @@ def test_table_names_are_safe_identifiers() -> None:
         ModelTable("x", "emb_x; DROP TABLE chunks", 3).sql("SELECT * FROM {table}")
     assert ModelTable("m", "emb_m", 3000).vector_type == "halfvec(3000)"
     assert ModelTable("m", "emb_m", 300).vector_type == "halfvec(300)"
+
+
+def test_each_vector_index_kind_has_its_own_index_and_query() -> None:
+    long_table = "emb_" + "x" * 32 + "_" + "0" * 8
+    names = {
+        ModelTable("m", long_table, 300, index_kind=k).index(2**31 - 1) for k in INDEX_SUFFIXES
+    }
+    assert len(names) == len(INDEX_SUFFIXES) and max(map(len, names)) <= 63  # Postgres's limit
+    assert ModelTable("m", "emb_m", 300).index(7) == "emb_m_c7_hnsw"  # the name it always had
+    binary = ModelTable("m", "emb_m", 300, index_kind="hnsw_binary")
+    assert "bit_hamming_ops" in binary.index_method(50_000)
+    sql = search_sql("vector", False, binary, 4)
+    assert "<~> binary_quantize($5::halfvec)" in sql and "LIMIT $3 * 4" in sql
+    # ivfflat: rows / 1000 lists, then sqrt(rows) past a million.
+    ivf = ModelTable("m", "emb_m", 300, index_kind="ivfflat")
+    assert ivf.index_method(100).endswith("(lists = 1)")
+    assert ivf.index_method(60_000).endswith("(lists = 60)")
+    assert ivf.index_method(4_000_000).endswith("(lists = 2000)")
+    assert "::vector(300)" in search_sql(
+        "hybrid", True, ModelTable("m", "emb_m", 300, index_kind="hnsw"), 4
+    )
+    with pytest.raises(ConfigError, match="unknown vector index"):
+        ModelTable("m", "emb_m", 300, index_kind="hnsw_pq")
 
 
 def test_bind_rule() -> None:

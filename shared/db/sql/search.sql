@@ -18,8 +18,7 @@
 -- The queries are put together by shared/search.py from the fragment_* blocks: {lexical},
 -- {vector}, {best_per_document}, {vec}, {posting_filter} and {vector_filter} (the filtered
 -- forms below, or a constant test of $4 when there is no filter, so the joins disappear), and
--- per model, index kind and collection {vector_order}, {rerank}, {dimension} and {partition}
--- (ModelTable).
+-- per model, index kind and collection {vector_order}, {rerank} and {partition} (ModelTable).
 
 -- name: fragment_posting_filter
 AND EXISTS (
