@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from typing import Any
 
@@ -37,3 +38,12 @@ def active_table(stack: Any) -> str:
     rows = db_fetch(stack, "SELECT table_name FROM embedding_models WHERE active")
     assert len(rows) == 1, rows
     return str(rows[0]["table_name"])
+
+
+def spawn_patched_worker(stack: Any, module: str, name: str) -> Any:
+    """The stack's worker, run through a test module that patches kensaku before the pool forks
+    (``python -m <module> -A worker.celery_app worker ...``), in place of the usual one."""
+    argv = ["-A", "worker.celery_app", "worker", "-Q", "prep,embed,maintain", "-P", "prefork"]
+    argv += ["-c", "2", "-n", f"{name}@%h", "--loglevel", "INFO"]
+    argv += ["--without-mingle", "--without-gossip"]
+    return stack._spawn("worker", [sys.executable, "-m", module, *argv])

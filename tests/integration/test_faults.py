@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ import pytest
 import redis
 
 from shared.stack.services import start_postgres, start_redis
-from tests.helpers import active_table, db_fetch, wait_job
+from tests.helpers import active_table, db_fetch, spawn_patched_worker, wait_job
 from tests.integration.test_ingest import make_docs, upload
 from tests.poison_worker import MARKER
 
@@ -207,27 +206,7 @@ def test_a_document_that_kills_its_worker_fails_alone(
     docs.insert(3, {"id": "poison", "text": f"{MARKER}。"})
     job = upload(api, collection, docs)["job_id"]
     # A worker whose process dies whenever it prepares that document.
-    proc = stack._spawn(
-        "worker",
-        [
-            sys.executable,
-            "-m",
-            "tests.poison_worker",
-            "-A",
-            "worker.celery_app",
-            "worker",
-            "-Q",
-            "prep,embed,maintain",
-            "-P",
-            "prefork",
-            "-c",
-            "2",
-            "-n",
-            "poison@%h",
-            "--without-mingle",
-            "--without-gossip",
-        ],
-    )
+    proc = spawn_patched_worker(stack, "tests.poison_worker", "poison")
     try:
         final = wait_job(api, job, timeout=240)
     finally:

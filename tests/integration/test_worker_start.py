@@ -8,14 +8,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.helpers import wait_job
+from tests.helpers import spawn_patched_worker, wait_job
 from tests.integration.test_ingest import make_docs, upload
 from tests.slow_model_worker import SECONDS
 
@@ -29,29 +28,7 @@ def test_a_model_slower_to_load_than_the_child_start_timeout(
     stack.procs["worker"].stop()
     log_path = stack.procs["worker"].log_path
     start = log_path.stat().st_size if log_path.exists() else 0
-    proc = stack._spawn(
-        "worker",
-        [
-            sys.executable,
-            "-m",
-            "tests.slow_model_worker",
-            "-A",
-            "worker.celery_app",
-            "worker",
-            "-Q",
-            "prep,embed,maintain",
-            "-P",
-            "prefork",
-            "-c",
-            "2",
-            "-n",
-            "slow@%h",
-            "--loglevel",
-            "INFO",
-            "--without-mingle",
-            "--without-gossip",
-        ],
-    )
+    proc = spawn_patched_worker(stack, "tests.slow_model_worker", "slow")
     try:
         # The first children load the model on their first task.
         first = upload(api, collection, make_docs(20, prefix="s"))["job_id"]
