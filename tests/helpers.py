@@ -21,6 +21,19 @@ def wait_job(api: httpx.Client, job_id: str, timeout: float = 120) -> dict[str, 
     raise AssertionError(f"job {job_id} did not finish in {timeout} s: {status}")
 
 
+def wait_ready(url: str, timeout: float = 120) -> None:
+    """Until the API at ``url`` answers /readyz with 200."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{url} not ready within {timeout:.0f} s")
+
+
 def db_fetch(stack: Any, sql: str, *args: Any) -> list[Any]:
     import asyncpg
 

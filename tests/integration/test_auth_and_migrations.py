@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 from shared.db.migrate import migrate
 from shared.errors import ConfigError
 from shared.stack.services import free_port
+from tests.helpers import wait_ready
 
 pytestmark = pytest.mark.integration
 
@@ -37,13 +37,7 @@ def keyed_api(stack: Any) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        wait_ready(url)
         yield url
     finally:
         # SIGTERM must end it within its shutdown timeout (10 s); kill only to clean up after

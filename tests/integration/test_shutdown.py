@@ -19,20 +19,9 @@ import httpx
 import pytest
 
 from shared.stack.services import free_port
+from tests.helpers import wait_ready
 
 pytestmark = pytest.mark.integration
-
-
-def _wait_ready(url: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url} not ready")
 
 
 def test_serve_exits_within_its_timeout_with_an_upload_in_flight(stack: Any) -> None:
@@ -46,7 +35,7 @@ def test_serve_exits_within_its_timeout_with_an_upload_in_flight(stack: Any) -> 
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(url)
+        wait_ready(url)
         streaming = threading.Event()
 
         def endless() -> Iterator[bytes]:
