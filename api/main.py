@@ -54,10 +54,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             get_tokenizer()
             # The query model is loaded once here; search never loads it per request.
-            embedder = await asyncio.to_thread(load_embedder, settings)
-            import torch
-
-            torch.set_num_threads(settings.query_threads)
+            embedder = await asyncio.to_thread(
+                load_embedder, settings, threads=settings.query_threads
+            )
             table = await register_embedder(pool, embedder, settings.vector_index)
             st = AppState(settings, pool, redis, make_celery_app(settings), embedder, table)
             st.background.append(asyncio.create_task(sweep_forever(pool, st.celery, settings)))

@@ -21,7 +21,11 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--no-peers", action="store_true")
     ing = sub.add_parser("ingest", help="end-to-end ingest against the raw encode speed")
     ing.add_argument("--docs", type=int, default=2000)
-    sub.add_parser("embed", help="embedding throughput per backend, text pipeline speed")
+    em = sub.add_parser("embed", help="embedding speed, latency, cold start, quality per backend")
+    em.add_argument("--corpus", type=Path, help="a corpus for retrieval quality (with --queries)")
+    em.add_argument("--queries", type=Path)
+    em.add_argument("--docs", type=int, default=2000, help="paragraphs in the quality sample")
+    em.add_argument("--sample-queries", type=int, default=400)
     tu = sub.add_parser("tune", help="fit BM25 and fusion parameters in-process")
     tu.add_argument("--corpus", type=Path, required=True)
     tu.add_argument("--queries", type=Path, required=True)
@@ -49,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "embed":
         from bench.embed import main as embed
 
-        return embed()
+        return embed(args.corpus, args.queries, args.docs, args.sample_queries)
     if args.what == "tune":
         from bench.tune import main as tune
 

@@ -4,18 +4,24 @@ On the same Japanese texts in one run:
 
 - the text pipeline alone: normalize, tokenize (lexemes), chunk, and the whole
   ``prepare_document``, in characters per second;
-- the configured model on every backend available here (torch always; ONNX and OpenVINO when
-  their optimum extras are installed and the model is a transformer), in texts/s and model
-  tokens/s, with the mean cosine of each backend's vectors to torch's.
+- the configured model on every backend (torch, and for a transformer the exported ones whose
+  extras are installed): batch texts/s and model tokens/s on every core, one-query latency on
+  one thread (the API's query path), cold start (a new process to its first query vector, the
+  export already cached), the mean cosine of each backend's vectors to torch's, and with
+  ``--corpus``/``--queries`` the MRR@10 of exact cosine ranking on a sample of that set.
 
 Texts: the ja_eval passages and the sample corpus (title + text), else a built-in sample.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import contextlib
 import json
+import os
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +29,12 @@ import numpy as np
 
 from shared.config import Settings, get_settings
 from shared.embed.embedder import Embedder, load_embedder
+from shared.embed.export import EXPORTED_BACKENDS
 from shared.errors import ConfigError
+from shared.evaluate import Query, load_queries, metrics_for, percentile, read_corpus
 from shared.text.chunk import chunk_text
 from shared.text.normalize import normalize
-from shared.text.pipeline import prepare_document
+from shared.text.pipeline import embedding_input, prepare_document
 from shared.text.tokenize import get_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +45,6 @@ _FALLBACK = [
     "量子コンピュータは量子力学の重ね合わせを利用して計算を行う。",
     "富士山は静岡県と山梨県にまたがる活火山で、標高3776メートルの日本最高峰である。",
 ]
-_BACKEND_MODULES = {"onnx": "optimum.onnxruntime", "openvino": "optimum.intel"}
 
 
 def default_texts() -> list[str]:
@@ -93,17 +100,78 @@ def pipeline_speed(texts: list[str], embedder: Embedder, settings: Settings) -> 
     }
 
 
-def backends_for(settings: Settings, embedder: Embedder) -> list[str]:
+def backends_for(embedder: Embedder) -> list[str]:
     if embedder.name == "kensaku/chive-sudachi-300":
         return ["torch"]  # a lookup table: nothing to export
-    out = ["torch"]
-    for backend, module in _BACKEND_MODULES.items():
-        try:
-            if importlib.util.find_spec(module) is not None:
-                out.append(backend)
-        except ModuleNotFoundError:
-            pass
-    return out
+    return ["torch", *EXPORTED_BACKENDS]
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """Torch's thread count is process-wide: set it for a block, then put it back."""
+    if n is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def cold_start(settings: Settings, backend: str) -> float:
+    """Seconds from starting a Python process to its first query vector (the model already
+    exported and cached), as the API's start pays it for the model."""
+    code = (
+        "from shared.config import get_settings\n"
+        "from shared.embed.embedder import load_embedder\n"
+        "e = load_embedder(get_settings(), threads=1)\n"
+        "e.encode_query('東京の天気は')\n"
+    )
+    env = {**os.environ, "KENSAKU_BACKEND": backend, "KENSAKU_MODEL": settings.model}
+    env["KENSAKU_MODELS_DIR"] = str(settings.models_dir)
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
+def query_latency(embedder: Embedder, queries: list[str]) -> dict[str, float]:
+    """One short query at a time, as the API encodes them (its encoder has one thread)."""
+    times = []
+    for q in queries:
+        started = time.perf_counter()
+        embedder.encode_query(q)
+        times.append((time.perf_counter() - started) * 1000)
+    return {"query_p50_ms": percentile(times, 50), "query_p95_ms": percentile(times, 95)}
+
+
+def retrieval(embedder: Embedder, docs: list[dict[str, str]], queries: list[Query]) -> float:
+    """MRR@10 of exact cosine ranking, one vector per document (title + text)."""
+    vectors = embedder.encode_documents(
+        [embedding_input(d.get("title", ""), normalize(d["text"])) for d in docs]
+    )
+    ids = [d["id"] for d in docs]
+    rankings = []
+    for q in queries:
+        scores = vectors @ embedder.encode_query(q.text)
+        rankings.append([ids[i] for i in np.argsort(-scores)[:10]])
+    return metrics_for(rankings, queries)["mrr@10"]
+
+
+def quality_sample(
+    corpus: Path, queries_path: Path, docs_n: int, queries_n: int
+) -> tuple[list[dict[str, str]], list[Query]]:
+    """The first ``queries_n`` questions and a corpus of ``docs_n`` paragraphs that holds their
+    answers (the rest drawn in file order)."""
+    docs = read_corpus(corpus)
+    queries = load_queries(queries_path)[:queries_n]
+    wanted = set().union(*(q.relevant for q in queries))
+    chosen = [d for d in docs if d["id"] in wanted]
+    chosen += [d for d in docs if d["id"] not in wanted][: max(0, docs_n - len(chosen))]
+    return chosen, queries
 
 
 def encode_speed(embedder: Embedder, texts: list[str]) -> tuple[dict[str, float], np.ndarray]:
@@ -121,33 +189,52 @@ def encode_speed(embedder: Embedder, texts: list[str]) -> tuple[dict[str, float]
     }, vectors
 
 
-def run(settings: Settings | None = None, texts: list[str] | None = None) -> dict[str, Any]:
+def run(
+    settings: Settings | None = None,
+    texts: list[str] | None = None,
+    quality: tuple[list[dict[str, str]], list[Query]] | None = None,
+) -> dict[str, Any]:
     settings = settings or get_settings()
     texts = [normalize(t) for t in (texts or default_texts())]
-    base = load_embedder(settings)
+    cores = len(os.sched_getaffinity(0))
+    base = load_embedder(settings.model_copy(update={"backend": "torch"}), threads=cores)
     result: dict[str, Any] = {
         "model": base.name,
         "device": base.device,
         "texts": len(texts),
+        "cores": cores,
         "pipeline": pipeline_speed(texts, base, settings),
         "backends": {},
     }
+    short = [normalize(t)[:40] for t in texts]
     reference: np.ndarray | None = None
-    for backend in backends_for(settings, base):
+    for backend in backends_for(base):
+        update = {"backend": backend}
         try:
+            # Batches get every core; the query path gets one thread, as in the API.
             emb = (
                 base
-                if backend == base.backend
-                else load_embedder(settings.model_copy(update={"backend": backend}))
+                if backend == "torch"
+                else load_embedder(settings.model_copy(update=update), threads=cores)
+            )
+            one = (
+                base
+                if backend == "torch"
+                else load_embedder(settings.model_copy(update=update), threads=1)
             )
         except ConfigError as exc:
             result["backends"][backend] = {"error": str(exc)}
             continue
         stats, vectors = encode_speed(emb, texts)
+        if quality is not None:
+            stats["mrr@10"] = retrieval(emb, *quality)
+        with _torch_threads(1 if backend == "torch" else None):
+            stats.update(query_latency(one, short))
+        stats["cold_start_s"] = cold_start(settings, backend)
         if reference is None:
             reference = vectors
         else:
-            stats["cosine_to_first"] = float(np.mean(np.sum(vectors * reference, axis=1)))
+            stats["cosine_to_torch"] = float(np.mean(np.sum(vectors * reference, axis=1)))
         result["backends"][backend] = stats
     return result
 
@@ -158,21 +245,29 @@ def print_report(result: dict[str, Any]) -> None:
     print("text pipeline (characters/s, one core):")
     for key in ("normalize", "tokenize", "chunk", "prepare"):
         print(f"  {key:<10} {p[key + '_chars_per_s']:>12,.0f}")
-    print("embedding:")
-    print(f"  {'backend':<10} {'texts/s':>10} {'tokens/s':>12} {'chars/s':>12} {'cos':>6}")
+    print(f"embedding (batches on {result['cores']} threads; queries one at a time, 1 thread):")
+    print(
+        f"  {'backend':<14} {'texts/s':>8} {'tokens/s':>9} {'query p50':>10} {'p95 ms':>7} "
+        f"{'cold s':>7} {'cos':>6} {'MRR@10':>7}"
+    )
     for backend, s in result["backends"].items():
         if "error" in s:
-            print(f"  {backend:<10} unavailable: {s['error']}")
+            print(f"  {backend:<14} unavailable: {s['error']}")
             continue
-        cos = f"{s['cosine_to_first']:.3f}" if "cosine_to_first" in s else "-"
+        cos = f"{s['cosine_to_torch']:.4f}" if "cosine_to_torch" in s else "-"
+        mrr = f"{s['mrr@10']:.4f}" if "mrr@10" in s else "-"
         print(
-            f"  {backend:<10} {s['texts_per_s']:>10,.1f} {s['tokens_per_s']:>12,.0f} "
-            f"{s['chars_per_s']:>12,.0f} {cos:>6}"
+            f"  {backend:<14} {s['texts_per_s']:>8,.1f} {s['tokens_per_s']:>9,.0f} "
+            f"{s['query_p50_ms']:>10.2f} {s['query_p95_ms']:>7.2f} {s['cold_start_s']:>7.2f} "
+            f"{cos:>6} {mrr:>7}"
         )
 
 
-def main() -> int:
-    result = run()
+def main(
+    corpus: Path | None = None, queries: Path | None = None, docs: int = 2000, n: int = 400
+) -> int:
+    sample = quality_sample(corpus, queries, docs, n) if corpus and queries else None
+    result = run(quality=sample)
     print_report(result)
     return 0
 

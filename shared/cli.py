@@ -52,6 +52,26 @@ def cmd_model_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_model_export(args: argparse.Namespace) -> int:
+    from shared.embed.embedder import load_embedder
+    from shared.embed.export import export_dir, read_manifest
+
+    settings = get_settings()
+    if args.backend:
+        settings = settings.model_copy(update={"backend": args.backend})
+    embedder = load_embedder(settings)  # exports (once) when the cache is missing or stale
+    if embedder.backend == "torch":
+        return _fail(f"{embedder.name} runs on torch: nothing to export")
+    directory = export_dir(settings.models_dir, embedder.name, embedder.backend)
+    quality = (read_manifest(directory) or {}).get("quality", {})
+    print(
+        f"{embedder.name} on {embedder.backend} at {directory}: mean cosine to torch "
+        f"{quality.get('mean_cosine', float('nan')):.4f} on {quality.get('probe_texts', 0)} "
+        "Japanese probe texts"
+    )
+    return 0
+
+
 def cmd_build_pgvector(args: argparse.Namespace) -> int:
     from shared.stack.pgvector_build import build
 
@@ -62,24 +82,35 @@ def cmd_build_pgvector(args: argparse.Namespace) -> int:
 
 
 def cmd_reembed(args: argparse.Namespace) -> int:
-    """Fill the configured model's table from existing chunks, after a model change."""
+    """Fill the configured model's table from existing chunks, after a model change; documents
+    whose chunks were cut for another tokenizer or budget are prepped again first."""
     import asyncpg
 
-    from shared.broker import enqueue_embed, make_celery_app
+    from shared.broker import enqueue_embed, enqueue_prep, make_celery_app
     from shared.db.queries import Q
+    from shared.embed.embedder import load_embedder
 
     settings = get_settings()
+    embedder = load_embedder(settings)
+    chunker = embedder.chunker(settings.chunk_tokens, settings.chunk_overlap_tokens)
 
-    async def requeue() -> list[int]:
+    async def requeue() -> list[asyncpg.Record]:
         conn = await asyncpg.connect(settings.database_url)
         try:
-            return [r["id"] for r in await conn.fetch(Q.requeue_for_embed, args.collection)]
+            return list(await conn.fetch(Q.requeue_for_embed, args.collection, chunker))
         finally:
             await conn.close()
 
-    ids = asyncio.run(requeue())
-    batches = enqueue_embed(make_celery_app(settings), ids, settings.prep_batch_size)
-    print(f"re-embedding {len(ids)} documents in {batches} batches with {settings.model}")
+    rows = asyncio.run(requeue())
+    app = make_celery_app(settings)
+    embed_ids = [r["id"] for r in rows if r["status"] == "prepped"]
+    prep_ids = [r["id"] for r in rows if r["status"] == "queued"]
+    enqueue_embed(app, embed_ids, settings.prep_batch_size)
+    enqueue_prep(app, prep_ids, settings.prep_batch_size)
+    print(
+        f"re-embedding {len(rows)} documents with {embedder.name}: {len(embed_ids)} from their "
+        f"chunks, {len(prep_ids)} cut again first (chunked for another tokenizer or budget)"
+    )
     return 0
 
 
@@ -286,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     msub.add_parser("build", help="build the offline Japanese default model").set_defaults(
         func=cmd_model_build
     )
+    mex = msub.add_parser("export", help="export the model for KENSAKU_BACKEND ahead of time")
+    mex.add_argument("--backend", choices=["onnx", "onnx-int8", "openvino", "openvino-int8"])
+    mex.set_defaults(func=cmd_model_export)
 
     pgv = sub.add_parser(
         "build-pgvector", help="rebuild the embedded PostgreSQL's pgvector for any x86-64 CPU"

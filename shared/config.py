@@ -85,7 +85,12 @@ class Settings(BaseSettings):
     model: str = DEFAULT_MODEL
     models_dir: Path = Path(".models")
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    backend: Literal["torch", "onnx", "openvino"] = "torch"
+    # torch, or a copy exported once and cached under models_dir/exports (shared/embed/export.py):
+    # onnx (ONNX Runtime), onnx-int8 (int8 weights), openvino, openvino-int8 (int8 weights).
+    backend: Literal["torch", "onnx", "onnx-int8", "openvino", "openvino-int8"] = "torch"
+    # An export whose mean cosine to torch on the Japanese probe texts is below this is refused.
+    # MiniLM: onnx and openvino 1.000, openvino-int8 0.998, onnx-int8 0.981 (bench/RESULTS.md).
+    export_min_cosine: float = Field(0.97, ge=0.0, le=1.0)
     # Intra-op threads of the API's query encoder. A query is one short text: more threads only
     # fight PostgreSQL and the workers for the cores (MiniLM query encode 117 ms with torch on
     # both cores under load, 16 ms with one; DESIGN of 2026-12-01).

@@ -72,6 +72,11 @@ FAILURES = Counter(
     "Failures by pipeline stage; outcome=retry will be retried, outcome=failed is final",
     ["stage", "outcome"],
 )
+EMBED_TRUNCATED = Counter(
+    "kensaku_embed_truncated",
+    "Texts longer than the model's sequence limit, so cut by the model (chunks are sized to fit: "
+    "any count here means chunks cut for another model's tokenizer or budget)",
+)
 EMBED_BATCH_SIZE = Histogram(
     "kensaku_embed_batch_size",
     "Texts per model encode batch",

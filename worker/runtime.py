@@ -66,10 +66,8 @@ class Runtime:
 
     @cached_property
     def embedder(self) -> Embedder:
-        import torch
-
-        torch.set_num_threads(torch_threads(len(os.sched_getaffinity(0)), Runtime.pool_processes))
-        embedder = load_embedder(self.settings)
+        threads = torch_threads(len(os.sched_getaffinity(0)), Runtime.pool_processes)
+        embedder = load_embedder(self.settings, threads=threads)
         log.info("worker %s loaded %s on %s", self.pid, embedder.name, embedder.device)
         return embedder
 

@@ -46,7 +46,6 @@ import msgpack
 import numpy as np
 
 from shared.config import DEFAULT_MODEL
-from shared.embed.sudachi_static import VOCAB_FILE, WEIGHTS_FILE, SudachiStaticEmbedding
 from shared.text.normalize import normalize
 from shared.text.tokenize import SPLIT_MODE
 
@@ -70,6 +69,10 @@ GINZA_WHEEL_GLOB = "ja_ginza-5.3.0-*.whl"
 _VOCAB_PREFIX = "ja_ginza/ja_ginza-5.3.0/vocab/"
 # Written last; its presence (with matching contents) marks a complete kensaku-built model dir.
 MARKER_FILE = "kensaku_model.json"
+# The files SudachiStaticEmbedding saves; shared.embed.sudachi_static (which imports torch) is
+# loaded only to build, so that checking a model directory costs no torch import.
+VOCAB_FILE = "vocab.txt"
+WEIGHTS_FILE = "model.safetensors"
 # Bump when the output of the build changes, so old model dirs are rebuilt.
 BUILDER_VERSION = 2
 WORD_FREQUENCIES = Path(__file__).with_name("data") / "word_freq.tsv.gz"
@@ -225,6 +228,8 @@ def build_default_model(out_dir: Path, ginza_wheel: Path | None = None) -> Path:
     """Build the model into ``out_dir`` (replaced if present) and return ``out_dir``."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.base.modules import Normalize
+
+    from shared.embed.sudachi_static import SudachiStaticEmbedding
 
     out_dir = Path(out_dir)
     wheel = find_ginza_wheel(ginza_wheel)

@@ -19,10 +19,12 @@ Nothing here touches CUDA at import time (workers fork after importing); the dev
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
 import math
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,12 +32,14 @@ import numpy as np
 
 from shared.config import DEFAULT_MODEL
 from shared.errors import ConfigError
+from shared.metrics import EMBED_TRUNCATED
 from shared.text.normalize import normalize
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
     from shared.config import Settings
+    from shared.embed.exported_model import ExportedModel
 
 __all__ = ["MINILM_ALIASES", "Embedder", "load_embedder", "resolve_device"]
 
@@ -43,10 +47,6 @@ log = logging.getLogger(__name__)
 
 MINILM_ALIASES = frozenset({"minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"})
 MINILM_NAME = "sentence-transformers/all-MiniLM-L6-v2"
-_BACKEND_EXTRAS = {
-    "onnx": ("optimum.onnxruntime", "onnx"),
-    "openvino": ("optimum.intel", "openvino"),
-}
 _DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus")  # sentence-transformers' order
 
 
@@ -59,7 +59,7 @@ class Embedder:
 
     def __init__(
         self,
-        model: SentenceTransformer,
+        model: SentenceTransformer | ExportedModel,
         *,
         name: str,
         backend: str = "torch",
@@ -102,6 +102,7 @@ class Embedder:
         if vector_unit == "auto":
             vector_unit = "sentence" if self.takes_lexemes else "chunk"
         self.vector_unit = vector_unit
+        self.truncated = 0  # texts cut by the model's sequence limit (EMBED_TRUNCATED)
         seq = model.max_seq_length
         self.max_seq_length: int | None = (
             int(seq) if isinstance(seq, int | float) and math.isfinite(seq) and seq > 0 else None
@@ -132,12 +133,35 @@ class Embedder:
         prompt = self.count_tokens(self.document_prompt) if self.document_prompt else 0
         return max(1, min(requested, self.max_seq_length - self._special_tokens - prompt))
 
+    def chunker(self, requested: int, overlap: int) -> str:
+        """What chunks cut for this model depend on: its tokenizer, the budget, the overlap.
+        Recorded with each prepped document; a model with another chunker re-preps first."""
+        return f"{self._counter_id}/{self.chunk_tokens(requested)}/{overlap}"
+
+    @cached_property
+    def _counter_id(self) -> str:
+        if self._hf_tokenizer is None:
+            return "lexemes"  # the static model counts Sudachi's lexemes
+        digest = hashlib.sha256(self._hf_tokenizer.to_str().encode()).hexdigest()
+        return f"tokenizer-{digest[:16]}"
+
     # --- encoding ----------------------------------------------------------------------------
     def batches(self, texts: list[str]) -> list[list[int]]:
         """Indexes of ``texts`` grouped into batches: sorted by length (longest first) and cut
         so that ``batch size × longest length`` (the padded size) stays within the budget."""
         lengths = self._lengths(texts)
         if self.max_seq_length is not None:
+            over = sum(n > self.max_seq_length for n in lengths)
+            if over and self._hf_tokenizer is not None:  # exact counts: a transformer's own
+                self.truncated += over
+                EMBED_TRUNCATED.inc(over)
+                log.warning(
+                    "%d of %d texts exceed %s's %d tokens and are cut by the model",
+                    over,
+                    len(texts),
+                    self.name,
+                    self.max_seq_length,
+                )
             lengths = [min(n, self.max_seq_length) for n in lengths]
         order = sorted(range(len(texts)), key=lambda i: -lengths[i])
         out: list[list[int]] = []
@@ -178,11 +202,11 @@ class Embedder:
         result = np.zeros((len(docs), self.dimension), dtype=np.float32)
         if not docs:
             return result
-        first: Any = self.model[0]
-        features = first.features_from_lexemes(docs)
-        features = {k: v.to(self.model.device) for k, v in features.items()}
+        model: Any = self.model  # a SentenceTransformer: only torch runs the static model
+        features = model[0].features_from_lexemes(docs)
+        features = {k: v.to(model.device) for k, v in features.items()}
         with torch.inference_mode():
-            vectors = self.model(features)["sentence_embedding"].float().cpu().numpy()
+            vectors = model(features)["sentence_embedding"].float().cpu().numpy()
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         result[:] = vectors / np.maximum(norms, 1e-12)
         return result
@@ -218,7 +242,7 @@ class Embedder:
         }
 
 
-def _counting_tokenizer(model: SentenceTransformer) -> tuple[Any, int]:
+def _counting_tokenizer(model: Any) -> tuple[Any, int]:
     """A copy of the model's fast tokenizer with truncation and padding off, and the number of
     special tokens the model adds to one text."""
     from tokenizers import Tokenizer
@@ -292,51 +316,23 @@ def _minilm_path_or_none() -> Path | None:
         return None
 
 
-def _check_backend(backend: str) -> None:
-    if backend == "torch":
-        return
-    module, extra = _BACKEND_EXTRAS[backend]
-    try:
-        found = importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        found = False
-    if not found:
-        raise ConfigError(
-            f"KENSAKU_BACKEND={backend} needs {module}: pip install 'kensaku[{extra}]' "
-            f"(sentence-transformers[{extra}]); check which transformers version pip resolved"
-        )
+def load_embedder(settings: Settings, *, threads: int | None = None) -> Embedder:
+    """Load the model named by ``settings.model`` on ``settings.device`` / ``settings.backend``.
 
-
-def load_embedder(settings: Settings) -> Embedder:
-    """Load the model named by ``settings.model`` on ``settings.device`` / ``settings.backend``."""
-    from sentence_transformers import SentenceTransformer
-
+    ``threads``: intra-op threads for this process's encoder (None: the runtime's default).
+    Torch's count is process-wide; ONNX Runtime's and OpenVINO's belong to the session.
+    """
     source, name, trust = _resolve(settings)
-    device = resolve_device(settings.device)
     backend = settings.backend
     is_static = name == DEFAULT_MODEL
     if is_static and backend != "torch":
         # A lookup table has nothing to export: ONNX/OpenVINO apply to transformer models only.
         log.warning("backend %s does not apply to %s; using torch", backend, name)
         backend = "torch"
-    if is_static and settings.device == "auto":
-        # A table lookup + mean is faster on the CPU than the transfer to a GPU would be.
-        device = "cpu"
-    _check_backend(backend)
-    kwargs: dict[str, Any] = {"device": device, "trust_remote_code": trust, "backend": backend}
-    try:
-        model = SentenceTransformer(source, **kwargs)
-    except OSError as exc:
-        raise ConfigError(
-            f"could not load model {source!r}: {exc}. Hub models need network access; offline, "
-            f"use the default {DEFAULT_MODEL} (kensaku model build), KENSAKU_MODEL=minilm, "
-            "or a local model directory."
-        ) from exc
-    if device.startswith("cuda") and backend == "torch":
-        # fp16 on GPU: half the memory, tensor-core speed. Not measured on these machines (no GPU);
-        # check the cosine to fp32 with `kensaku bench embed` on a GPU host.
-        model.half()
-    model.eval()
+    if backend == "torch":
+        model, device = _load_torch(settings, source, trust, is_static, threads)
+    else:
+        model, device = _load_exported(settings, source, name, trust, backend, threads)
     embedder = Embedder(
         model,
         name=name,
@@ -347,3 +343,53 @@ def load_embedder(settings: Settings) -> Embedder:
     )
     log.info("embedding model loaded: %s", embedder.describe())
     return embedder
+
+
+def _load_torch(
+    settings: Settings, source: str, trust: bool, is_static: bool, threads: int | None
+) -> tuple[Any, str]:
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    if threads:
+        torch.set_num_threads(threads)
+    device = resolve_device(settings.device)
+    if is_static and settings.device == "auto":
+        # A table lookup + mean is faster on the CPU than the transfer to a GPU would be.
+        device = "cpu"
+    try:
+        model = SentenceTransformer(source, device=device, trust_remote_code=trust)
+    except OSError as exc:
+        raise ConfigError(
+            f"could not load model {source!r}: {exc}. Hub models need network access; offline, "
+            f"use the default {DEFAULT_MODEL} (kensaku model build), KENSAKU_MODEL=minilm, "
+            "or a local model directory."
+        ) from exc
+    if device.startswith("cuda"):
+        # fp16 on GPU: half the memory, tensor-core speed. Not measured on these machines (no GPU);
+        # check the cosine to fp32 with `kensaku bench embed` on a GPU host.
+        model.half()
+    model.eval()
+    return model, device
+
+
+def _load_exported(
+    settings: Settings, source: str, name: str, trust: bool, backend: str, threads: int | None
+) -> tuple[Any, str]:
+    from shared.embed.export import ensure_export
+    from shared.embed.exported_model import ExportedModel
+
+    if settings.device not in ("auto", "cpu"):
+        raise ConfigError(
+            f"KENSAKU_BACKEND={backend} runs on the CPU; for KENSAKU_DEVICE={settings.device} "
+            "use KENSAKU_BACKEND=torch (fp16 on a GPU)"
+        )
+    directory = ensure_export(
+        source,
+        name=name,
+        backend=backend,
+        models_dir=settings.models_dir,
+        trust=trust,
+        min_cosine=settings.export_min_cosine,
+    )
+    return ExportedModel(directory, threads=threads), "cpu"

@@ -37,13 +37,11 @@ from safetensors.torch import save_file as save_safetensors_file
 from sentence_transformers.base.modules.input_module import InputModule
 from torch import nn
 
+from shared.embed.build_default import VOCAB_FILE, WEIGHTS_FILE
 from shared.text.normalize import normalize
 from shared.text.tokenize import SPLIT_MODE, get_tokenizer
 
 __all__ = ["SudachiStaticEmbedding"]
-
-VOCAB_FILE = "vocab.txt"
-WEIGHTS_FILE = "model.safetensors"
 
 
 class SudachiStaticEmbedding(InputModule):

