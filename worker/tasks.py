@@ -123,6 +123,9 @@ def prep(self: Task, doc_ids: list[int], job_id: str | None = None) -> dict[str,
                     lexical=LexicalParams.from_settings(rt.settings),
                     inline=inline,
                     max_text_bytes=rt.settings.max_document_bytes,
+                    chunker=rt.embedder.chunker(
+                        rt.settings.chunk_tokens, rt.settings.chunk_overlap_tokens
+                    ),
                 )
             )
         if result.prepped:
@@ -147,7 +150,12 @@ def embed(self: Task, doc_ids: list[int], job_id: str | None = None) -> dict[str
             if claim.split:
                 enqueue_embed(app, claim.split, 1, job_id)
                 return {"split": len(claim.split), "failed": len(claim.failed)}
-            result = rt.run(embed_documents(rt.pool, rt.embedder, rt.table, claim.run))
+            chunker = rt.embedder.chunker(
+                rt.settings.chunk_tokens, rt.settings.chunk_overlap_tokens
+            )
+            result = rt.run(embed_documents(rt.pool, rt.embedder, rt.table, claim.run, chunker))
+        if result.reprep:
+            enqueue_prep(app, result.reprep, rt.settings.prep_batch_size, job_id)
         _finalize_finished(rt, result.jobs | claim.jobs)
         return {
             "indexed": len(result.indexed),

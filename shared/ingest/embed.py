@@ -34,6 +34,8 @@ class DocumentEncoder(Protocol):
 @dataclass
 class EmbedResult:
     indexed: list[int] = field(default_factory=list)
+    # Cut for another chunker: sent back to prep, to be enqueued there.
+    reprep: list[int] = field(default_factory=list)
     skipped: int = 0
     chunks: int = 0
     jobs: set[uuid.UUID] = field(default_factory=set)
@@ -48,12 +50,25 @@ def unit_inputs(table: ModelTable, title: str, text: str) -> list[str]:
 
 
 async def embed_documents(
-    pool: asyncpg.Pool, encoder: DocumentEncoder, table: ModelTable, doc_ids: list[int]
+    pool: asyncpg.Pool,
+    encoder: DocumentEncoder,
+    table: ModelTable,
+    doc_ids: list[int],
+    chunker: str | None = None,
 ) -> EmbedResult:
+    """``chunker``: the encoder's (``Embedder.chunker``). Documents cut by another one go back
+    to prep rather than have the model truncate chunks sized for a different tokenizer."""
     result = EmbedResult()
     rows = await pool.fetch(Q.load_for_embed, doc_ids)
+    stale = sorted(
+        {r["document_id"] for r in rows if chunker and r["chunker"] not in (None, chunker)}
+    )
+    if stale:
+        result.reprep = [r["id"] for r in await pool.fetch(Q.send_back_to_prep, stale)]
+        log.info("%d documents were cut for another chunker: back to prep", len(result.reprep))
+        rows = [r for r in rows if r["document_id"] not in set(stale)]
     versions = {r["document_id"]: r["version"] for r in rows}
-    result.skipped = len(set(doc_ids)) - len(versions)
+    result.skipped = len(set(doc_ids)) - len(versions) - len(stale)
     if not rows:
         return result
 

@@ -202,8 +202,10 @@ async def prep_documents(
     lexical: LexicalParams,
     inline: InlineEmbedding | None = None,
     max_text_bytes: int | None = None,
+    chunker: str | None = None,
 ) -> PrepResult:
-    """``max_text_bytes``: the most text a file may yield (else the document fails)."""
+    """``max_text_bytes``: the most text a file may yield (else the document fails).
+    ``chunker``: recorded with each document (``Embedder.chunker``)."""
     started = time.perf_counter()
     result = PrepResult()
     rows = await pool.fetch(Q.load_for_prep, doc_ids)
@@ -314,8 +316,9 @@ async def prep_documents(
             result.chunk_counts = {i: len(prepared[i]) for i in result.prepped}
         else:
             result.indexed = ok
-        await conn.execute(Q.mark_prepped, result.prepped)
+        await conn.execute(Q.mark_prepped, result.prepped, chunker)
         await conn.execute(Q.mark_indexed, result.indexed)
+        await conn.execute(Q.set_chunker, result.indexed, chunker)
         for doc_id in sorted(live):
             if doc_id in errors:
                 row = by_id[doc_id]

@@ -289,3 +289,85 @@ def test_reembed_refills_from_existing_chunks(
         )[0]["ids"]
         == chunk_ids
     )
+
+
+def _chunks_and_chunkers(stack: Any, collection: str) -> dict[str, tuple[list[int], str | None]]:
+    rows = db_fetch(
+        stack,
+        "SELECT d.external_id, d.chunker, array_agg(k.id ORDER BY k.id) AS ids FROM documents d "
+        "JOIN collections c ON c.id = d.collection_id JOIN chunks k ON k.document_id = d.id "
+        "WHERE c.name = $1 GROUP BY d.external_id, d.chunker",
+        collection,
+    )
+    return {r["external_id"]: (list(r["ids"]), r["chunker"]) for r in rows}
+
+
+def test_chunks_cut_for_another_chunker_are_cut_again(
+    stack: Any, api: httpx.Client, collection: str
+) -> None:
+    """reembed refills from the chunks cut by the model's own chunker and re-preps the others;
+    an embed task that meets foreign chunks sends them back to prep instead of embedding them."""
+    import subprocess
+    import sys
+    import time
+
+    from shared.broker import enqueue_embed, make_celery_app
+    from shared.config import Settings
+
+    wait_job(api, upload(api, collection, make_docs(4))["job_id"])
+    before = _chunks_and_chunkers(stack, collection)
+    ours = {c for _, c in before.values()}
+    assert len(ours) == 1 and next(iter(ours)).startswith("lexemes/")  # the default model's
+    chunker = next(iter(ours))
+    db_fetch(
+        stack,
+        "UPDATE documents SET chunker = 'tokenizer-0123456789abcdef/510/0' "
+        "WHERE external_id = ANY($1::text[]) AND collection_id = "
+        "(SELECT id FROM collections WHERE name = $2)",
+        ["d0", "d1"],
+        collection,
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "reembed", "--collection", collection],
+        env=stack.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert "4 documents" in out.stdout and "2 from their chunks, 2 cut again" in out.stdout
+
+    def settled() -> dict[str, tuple[list[int], str | None]]:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            now = _chunks_and_chunkers(stack, collection)
+            if counts(stack, collection)["indexed"] == 4 and {c for _, c in now.values()} == {
+                chunker
+            }:
+                return now
+            time.sleep(0.2)
+        raise AssertionError(f"not settled: {counts(stack, collection)}")
+
+    after = settled()
+    for doc in ("d0", "d1"):  # prepped again: new chunk rows
+        assert set(after[doc][0]).isdisjoint(before[doc][0])
+    for doc in ("d2", "d3"):  # embedded from the chunks they had
+        assert after[doc][0] == before[doc][0]
+
+    # A stale embed task: the document is prepped, but for another chunker.
+    db_fetch(
+        stack,
+        "UPDATE documents SET status = 'prepped', chunker = 'lexemes/17/0' "
+        "WHERE external_id = 'd2' AND collection_id = (SELECT id FROM collections WHERE name = $1)",
+        collection,
+    )
+    doc_id = db_fetch(
+        stack,
+        "SELECT d.id FROM documents d JOIN collections c ON c.id = d.collection_id "
+        "WHERE c.name = $1 AND d.external_id = 'd2'",
+        collection,
+    )[0]["id"]
+    enqueue_embed(make_celery_app(Settings(redis_url=stack.redis_url)), [doc_id], 8)
+    again = settled()
+    assert set(again["d2"][0]).isdisjoint(after["d2"][0])
+    assert again["d3"][0] == after["d3"][0]

@@ -41,13 +41,23 @@ SET chunk_count = cs.chunk_count + excluded.chunk_count,
     lexeme_total = cs.lexeme_total + excluded.lexeme_total;
 
 -- name: mark_prepped
--- Attempts count per stage: embedding starts at zero.
-UPDATE documents SET status = 'prepped', attempts = 0, updated_at = now(), last_error = NULL
+-- Attempts count per stage: embedding starts at zero. $2: the chunker that cut the chunks.
+UPDATE documents SET status = 'prepped', attempts = 0, updated_at = now(), last_error = NULL,
+       chunker = $2
 WHERE id = ANY($1::bigint[]);
 
 -- name: mark_indexed
 UPDATE documents SET status = 'indexed', updated_at = now(), last_error = NULL
 WHERE id = ANY($1::bigint[]);
+
+-- name: set_chunker
+UPDATE documents SET chunker = $2 WHERE id = ANY($1::bigint[]);
+
+-- name: send_back_to_prep
+-- Prepped documents whose chunks were cut for another tokenizer or budget: prep again.
+UPDATE documents SET status = 'queued', attempts = 0, updated_at = now()
+WHERE id = ANY($1::bigint[]) AND status = 'prepped'
+RETURNING id;
 
 -- name: mark_failed
 UPDATE documents SET status = 'failed', attempts = attempts + 1, last_error = $2,
@@ -58,7 +68,7 @@ WHERE id = $1 AND version = $3;
 INSERT INTO ingest_errors (document_id, job_id, stage, message) VALUES ($1, $2, $3, $4);
 
 -- name: load_for_embed
-SELECT c.id AS chunk_id, c.document_id, c.collection_id, c.text, d.title, d.version
+SELECT c.id AS chunk_id, c.document_id, c.collection_id, c.text, d.title, d.version, d.chunker
 FROM chunks c JOIN documents d ON d.id = c.document_id
 WHERE d.id = ANY($1::bigint[]) AND d.status = 'prepped'
 ORDER BY c.id;

@@ -129,11 +129,14 @@ SELECT 1;
 
 -- name: requeue_for_embed
 -- After a model change: indexed documents go back to 'prepped' so the new model's table is
--- filled from the chunks already there (prep does not run again). $1 a collection or NULL.
-UPDATE documents d SET status = 'prepped', updated_at = now()
+-- filled from the chunks already there, when they were cut by the new model's chunker ($2);
+-- the others go back to 'queued', to be cut again first. $1 a collection or NULL.
+UPDATE documents d
+SET status = CASE WHEN d.chunker = $2 THEN 'prepped' ELSE 'queued' END::document_status,
+    attempts = 0, updated_at = now()
 FROM collections c
 WHERE c.id = d.collection_id AND d.status = 'indexed' AND ($1::text IS NULL OR c.name = $1)
-RETURNING d.id;
+RETURNING d.id, d.status;
 
 -- name: jobs_to_finalize
 -- Jobs among $1 with nothing pending that are not finished yet.
