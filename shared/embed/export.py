@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EXPORTED_BACKENDS",
     "MANIFEST",
+    "RUNTIME_MODULES",
     "ensure_export",
     "export_dir",
     "probe_texts",
@@ -56,8 +57,12 @@ MANIFEST = "kensaku-export.json"
 FORMAT = 1  # bump when the layout or the export changes: older caches are rebuilt
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # What each backend needs at run time and, in addition, to export; and the extra that has both.
-_RUNTIME = {"onnx": "onnxruntime", "onnx-int8": "onnxruntime", "openvino": "openvino"}
-_RUNTIME["openvino-int8"] = "openvino"
+RUNTIME_MODULES = {
+    "onnx": "onnxruntime",
+    "onnx-int8": "onnxruntime",
+    "openvino": "openvino",
+    "openvino-int8": "openvino",
+}
 _EXPORT = {"onnx": "onnx", "onnx-int8": "onnx", "openvino": "onnx", "openvino-int8": "nncf"}
 _EXTRA = {"onnx": "onnx", "onnx-int8": "onnx", "openvino": "openvino", "openvino-int8": "openvino"}
 _PROBE = Path(__file__).with_name("data") / "probe_ja.txt"
@@ -74,7 +79,7 @@ def _missing(module: str) -> bool:
 
 def require_runtime(backend: str, *, exporting: bool = False) -> None:
     """A clear error when the packages ``backend`` needs are not installed."""
-    needed = [_RUNTIME[backend]] + ([_EXPORT[backend]] if exporting else [])
+    needed = [RUNTIME_MODULES[backend]] + ([_EXPORT[backend]] if exporting else [])
     missing = [m for m in needed if _missing(m)]
     if missing:
         raise ConfigError(
@@ -127,12 +132,12 @@ def ensure_export(
         return manifest is not None and manifest.get("fingerprint") == fingerprint
 
     if current():
-        return target
+        return _checked(target, backend, min_cosine)
     target.parent.mkdir(parents=True, exist_ok=True)
     # Workers and the API may start together: one exports, the others wait and reuse it.
     with FileLock(str(target) + ".lock", timeout=900):
         if current():
-            return target
+            return _checked(target, backend, min_cosine)
         require_runtime(backend, exporting=True)
         started = time.perf_counter()
         staging = target.with_name(target.name + ".partial")
@@ -149,6 +154,23 @@ def ensure_export(
             shutil.rmtree(staging, ignore_errors=True)
     log.info("exported %s for %s in %s: %s", name, backend, target, manifest)
     return target
+
+
+def _checked(target: Path, backend: str, min_cosine: float) -> Path:
+    """A cached export, refused if it was measured below a floor raised since."""
+    quality = (read_manifest(target) or {}).get("quality") or {}
+    _refuse_below(quality, backend, min_cosine)
+    return target
+
+
+def _refuse_below(quality: dict[str, float], backend: str, min_cosine: float) -> None:
+    if quality.get("mean_cosine", 0.0) < min_cosine:
+        raise ConfigError(
+            f"the {backend} export strays from torch: mean cosine "
+            f"{quality.get('mean_cosine', 0.0):.4f} (min {quality.get('min_cosine', 0.0):.4f}) "
+            f"on {quality.get('probe_texts', 0)} Japanese probe texts, below "
+            f"KENSAKU_EXPORT_MIN_COSINE={min_cosine}; use another backend"
+        )
 
 
 def _export(source: str, trust: bool, backend: str, out: Path, min_cosine: float) -> dict[str, Any]:
@@ -272,10 +294,5 @@ def _check_quality(
         "mean_cosine": float(cos.mean()),
         "min_cosine": float(cos.min()),
     }
-    if quality["mean_cosine"] < min_cosine:
-        raise ConfigError(
-            f"the {backend} export strays from torch: mean cosine {quality['mean_cosine']:.4f} "
-            f"(min {quality['min_cosine']:.4f}) on {len(texts)} Japanese probe texts, below "
-            f"KENSAKU_EXPORT_MIN_COSINE={min_cosine}; use another backend"
-        )
+    _refuse_below(quality, backend, min_cosine)
     return quality

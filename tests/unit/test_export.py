@@ -130,3 +130,12 @@ def test_prompts_are_applied_as_torch_applies_them(tmp_path: Path) -> None:
     assert float(q @ torch_emb.encode_query(text)) > 0.9999
     assert float(d @ torch_emb.encode_documents([text])[0]) > 0.9999
     assert float(q @ d) < 0.999  # the two prompts differ, so do the vectors
+
+
+def test_a_cached_export_is_refused_once_the_floor_is_raised_past_it(models_dir: Path) -> None:
+    load_embedder(settings(models_dir, "onnx-int8"))  # cached, measured at about 0.98
+    with pytest.raises(ConfigError, match="strays from torch"):
+        load_embedder(settings(models_dir, "onnx-int8", export_min_cosine=0.999))
+    assert (
+        export_dir(models_dir, "sentence-transformers/all-MiniLM-L6-v2", "onnx-int8") / MANIFEST
+    ).is_file()
