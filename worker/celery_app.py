@@ -31,10 +31,15 @@ setup_logging.connect(setup_celery_logging)
 def _preload(sender: object = None, **_: object) -> None:
     # Import the heavy libraries once in the parent, before the pool forks: children then start
     # in about a second instead of each importing torch and transformers on two cores at once.
-    # Importing does not initialize CUDA, so forking afterwards stays safe.
-    import sentence_transformers  # noqa: F401
+    # Importing does not initialize CUDA, so forking afterwards stays safe. An exported backend
+    # needs only its runtime: torch would cost ~9 s of start and its memory for nothing.
+    import importlib
 
+    from shared.embed.export import RUNTIME_MODULES
     from worker.runtime import Runtime
+
+    backend = get_settings().backend
+    importlib.import_module(RUNTIME_MODULES.get(backend, "sentence_transformers"))
 
     # Children inherit this: each sizes torch's threads to its share of the cores.
     Runtime.pool_processes = int(getattr(sender, "concurrency", 1) or 1)
