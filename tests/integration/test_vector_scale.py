@@ -1,0 +1,120 @@
+"""Vector search where index scans go wrong: a filter that matches 1 % of a collection large
+enough to have its HNSW index, and a small collection next to the large one. Both must fill
+top_k and agree with the exact scan (recall@10 ≥ 0.95)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from bench.corpus import sentences
+from shared.config import Settings
+from shared.db.embeddings import ModelTable, register_embedder
+from shared.db.pool import create_pool
+from shared.embed.embedder import Embedder, load_embedder
+from shared.search import CollectionCache, SearchParams, search
+from tests.helpers import wait_job
+
+pytestmark = pytest.mark.integration
+
+LARGE, SMALL = "scale-large", "scale-small"
+LARGE_DOCS = 12_000  # one vector each: past KENSAKU_HNSW_MIN_ROWS (10,000), so it is indexed
+SMALL_DOCS = 2_000
+RARE_EVERY = 100  # 1 % of the large collection carries tag=rare
+
+
+def _docs(n: int, prefix: str, seed: int) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    pool = sentences()
+    return [
+        {
+            "id": f"{prefix}-{i:05d}",
+            "title": "",
+            # One sentence and a number: one vector per document, all different.
+            "text": f"{rng.choice(pool)}第{i}号。",
+            "metadata": {"tag": "rare" if i % RARE_EVERY == 0 else "common"},
+        }
+        for i in range(n)
+    ]
+
+
+def _upload(api: httpx.Client, collection: str, docs: list[dict[str, Any]]) -> None:
+    for start in range(0, len(docs), 5_000):
+        resp = api.post(
+            "/v1/documents",
+            json={"collection": collection, "documents": docs[start : start + 5_000]},
+        )
+        assert resp.status_code == 202, resp.text
+        assert wait_job(api, resp.json()["job_id"], timeout=600)["status"] == "done"
+
+
+@pytest.fixture(scope="module")
+def collections(stack: Any, api: httpx.Client) -> None:
+    _upload(api, LARGE, _docs(LARGE_DOCS, "l", 1))
+    _upload(api, SMALL, _docs(SMALL_DOCS, "s", 2))
+
+
+def test_filtered_and_small_collection_searches_match_the_exact_scan(
+    stack: Any, collections: None
+) -> None:
+    settings = Settings(database_url=stack.database_url, redis_url=stack.redis_url)
+    asyncio.run(_check(settings))
+
+
+async def _check(settings: Settings) -> None:
+    embedder = load_embedder(settings)
+    pool = await create_pool(settings, min_size=1)
+    rng = random.Random(3)
+    queries = [s[: len(s) // 2] for s in rng.sample(sentences(), 20)]
+    try:
+        table = await register_embedder(pool, embedder)
+        large = await pool.fetchval("SELECT id FROM collections WHERE name = $1", LARGE)
+        small = await pool.fetchval("SELECT id FROM collections WHERE name = $1", SMALL)
+        index = await pool.fetchval("SELECT to_regclass($1) IS NOT NULL", table.index(large))
+        assert index, "the large collection should have its vector index"
+        assert not await pool.fetchval("SELECT to_regclass($1) IS NOT NULL", table.index(small))
+        rare = {"tag": "rare"}
+        recalls: list[float] = []
+        async with pool.acquire() as conn:
+            for q in queries:
+                for collection, flt in ((LARGE, rare), (SMALL, None), (LARGE, None)):
+                    got = await _ids(conn, embedder, table, settings, collection, q, flt)
+                    await conn.execute("SET enable_indexscan = off")  # the exact scan
+                    try:
+                        want = await _ids(conn, embedder, table, settings, collection, q, flt)
+                    finally:
+                        await conn.execute("RESET enable_indexscan")
+                    assert len(got) == len(want) == 10, (collection, flt, q, got)
+                    if flt:
+                        tags = await conn.fetch(
+                            "SELECT metadata->>'tag' AS tag FROM documents "
+                            "WHERE collection_id = $1 AND external_id = ANY($2::text[])",
+                            large,
+                            got,
+                        )
+                        assert {r["tag"] for r in tags} == {"rare"}
+                    if collection == SMALL:
+                        assert got == want  # no index: the scan is exact
+                    recalls.append(len(set(got) & set(want)) / 10)
+        assert sum(recalls) / len(recalls) >= 0.95, recalls
+    finally:
+        await pool.close()
+
+
+async def _ids(
+    db: asyncpg.Connection,
+    embedder: Embedder,
+    table: ModelTable,
+    settings: Settings,
+    collection: str,
+    query: str,
+    flt: dict[str, str] | None,
+) -> list[str]:
+    params = SearchParams(query=query, collection=collection, top_k=10, mode="vector", filter=flt)  # type: ignore[arg-type]
+    result = await search(db, embedder, table, settings, params, CollectionCache())  # type: ignore[arg-type]
+    return [h["id"] for h in result["hits"]]
