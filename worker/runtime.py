@@ -23,7 +23,7 @@ import asyncpg
 from shared.config import Settings, get_settings
 from shared.db.embeddings import ModelTable, register_embedder
 from shared.db.pool import create_pool
-from shared.embed.embedder import Embedder, load_embedder
+from shared.embed.embedder import Embedder, load_embedder, load_token_counter
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -72,8 +72,16 @@ class Runtime:
         return embedder
 
     @cached_property
+    def counter(self) -> Embedder:
+        """Token counting for prep: the tokenizer alone for a transformer, so a process that only
+        preps never loads the model; the embedder itself for the static default model."""
+        if "embedder" in self.__dict__:
+            return self.embedder
+        return load_token_counter(self.settings) or self.embedder
+
+    @cached_property
     def table(self) -> ModelTable:
-        table = self.run(register_embedder(self.pool, self.embedder, self.settings.vector_index))
+        table = self.run(register_embedder(self.pool, self.counter, self.settings.vector_index))
         log.info("worker %s writes vectors to %s", self.pid, table.table)
         return table
 

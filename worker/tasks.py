@@ -112,18 +112,18 @@ def prep(self: Task, doc_ids: list[int], job_id: str | None = None) -> dict[str,
                 enqueue_prep(app, claim.split, 1, job_id)
                 return {"split": len(claim.split), "failed": len(claim.failed)}
             # A model that embeds the pipeline's lexemes runs inside prep (shared/ingest/prep.py).
-            inline = InlineEmbedding(rt.embedder, rt.table) if rt.embedder.takes_lexemes else None
+            inline = InlineEmbedding(rt.embedder, rt.table) if rt.counter.takes_lexemes else None
             result = rt.run(
                 prep_documents(
                     rt.pool,
                     claim.run,
-                    count_tokens=rt.embedder.count_tokens,
-                    max_tokens=rt.embedder.chunk_tokens(rt.settings.chunk_tokens),
+                    count_tokens=rt.counter.count_tokens,
+                    max_tokens=rt.counter.chunk_tokens(rt.settings.chunk_tokens),
                     overlap_tokens=rt.settings.chunk_overlap_tokens,
                     lexical=LexicalParams.from_settings(rt.settings),
                     inline=inline,
                     max_text_bytes=rt.settings.max_document_bytes,
-                    chunker=rt.embedder.chunker(
+                    chunker=rt.counter.chunker(
                         rt.settings.chunk_tokens, rt.settings.chunk_overlap_tokens
                     ),
                 )

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from shared.config import Settings
     from shared.embed.exported_model import ExportedModel
 
-__all__ = ["MINILM_ALIASES", "Embedder", "load_embedder", "resolve_device"]
+__all__ = ["MINILM_ALIASES", "Embedder", "load_embedder", "load_token_counter", "resolve_device"]
 
 log = logging.getLogger(__name__)
 
@@ -343,6 +343,36 @@ def load_embedder(settings: Settings, *, threads: int | None = None) -> Embedder
     )
     log.info("embedding model loaded: %s", embedder.describe())
     return embedder
+
+
+def load_token_counter(settings: Settings) -> Embedder | None:
+    """What prep needs of a transformer model without loading it: its tokenizer, sequence limit
+    and prompts (``count_tokens``, ``chunk_tokens``, ``chunker``, the registry fields), from the
+    backend's export or a tokenizer-only one (made once, cached). It cannot encode. None for the
+    default static model, whose lexeme embedding runs inside prep: there the embedder counts."""
+    from shared.embed.export import TOKENS, ensure_export
+    from shared.embed.exported_model import ExportedModel
+
+    source, name, trust = _resolve(settings)
+    if name == DEFAULT_MODEL:
+        return None
+    kind = settings.backend if settings.backend != "torch" else TOKENS
+    directory = ensure_export(
+        source,
+        name=name,
+        backend=kind,
+        models_dir=settings.models_dir,
+        trust=trust,
+        min_cosine=settings.export_min_cosine,
+    )
+    return Embedder(
+        ExportedModel(directory, threads=None, load_graph=False),
+        name=name,
+        backend=settings.backend,
+        device="cpu",
+        token_budget=settings.embed_token_budget,
+        vector_unit=settings.vector_unit,
+    )
 
 
 def _load_torch(

@@ -44,6 +44,7 @@ __all__ = [
     "EXPORTED_BACKENDS",
     "MANIFEST",
     "RUNTIME_MODULES",
+    "TOKENS",
     "ensure_export",
     "export_dir",
     "probe_texts",
@@ -53,6 +54,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 EXPORTED_BACKENDS = ("onnx", "onnx-int8", "openvino", "openvino-int8")
+# Not a backend: the tokenizer and settings alone, for processes that only count tokens (prep).
+TOKENS = "tokens"
 MANIFEST = "kensaku-export.json"
 FORMAT = 1  # bump when the layout or the export changes: older caches are rebuilt
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -79,6 +82,8 @@ def _missing(module: str) -> bool:
 
 def require_runtime(backend: str, *, exporting: bool = False) -> None:
     """A clear error when the packages ``backend`` needs are not installed."""
+    if backend == TOKENS:
+        return
     needed = [RUNTIME_MODULES[backend]] + ([_EXPORT[backend]] if exporting else [])
     missing = [m for m in needed if _missing(m)]
     if missing:
@@ -158,6 +163,8 @@ def ensure_export(
 
 def _checked(target: Path, backend: str, min_cosine: float) -> Path:
     """A cached export, refused if it was measured below a floor raised since."""
+    if backend == TOKENS:
+        return target
     quality = (read_manifest(target) or {}).get("quality") or {}
     _refuse_below(quality, backend, min_cosine)
     return target
@@ -180,6 +187,10 @@ def _export(source: str, trust: bool, backend: str, out: Path, min_cosine: float
     model.eval()
     settings = _runtime_settings(model)
     inputs = list(settings["inputs"])
+    if backend == TOKENS:
+        (out / "tokenizer.json").write_text(settings.pop("tokenizer_json"), "utf-8")
+        settings.update(format=FORMAT, backend=backend, graph=None)
+        return settings
     fp32 = out / "model-fp32.onnx"
     _trace(model, inputs, fp32)
     if backend == "onnx":

@@ -19,12 +19,16 @@ from typing import Any
 import numpy as np
 
 from shared.embed.export import MANIFEST
+from shared.errors import ConfigError
 
 __all__ = ["ExportedModel"]
 
 
 class ExportedModel:
-    def __init__(self, directory: Path, *, threads: int | None) -> None:
+    """``load_graph=False`` (or a ``tokens`` export, which has no graph): a token counter only,
+    for prep, which needs the tokenizer and the sequence limit but never encodes."""
+
+    def __init__(self, directory: Path, *, threads: int | None, load_graph: bool = True) -> None:
         from tokenizers import Tokenizer
 
         self.directory = Path(directory)
@@ -43,7 +47,8 @@ class ExportedModel:
         self._batch_tokenizer.enable_padding(
             pad_id=int(manifest["pad_id"]), pad_token=str(manifest["pad_token"])
         )
-        self._run = self._open(self.directory / manifest["graph"], threads)
+        graph = manifest.get("graph")
+        self._run = self._open(self.directory / graph, threads) if graph and load_graph else None
 
     def _open(self, graph: Path, threads: int | None) -> Any:
         if self.backend.startswith("onnx"):
@@ -99,6 +104,8 @@ class ExportedModel:
             "token_type_ids": [e.type_ids for e in encodings],
         }
         feed = {k: np.asarray(columns[k], dtype=np.int64) for k in self._inputs}
+        if self._run is None:
+            raise ConfigError(f"{self.directory} was loaded to count tokens, not to encode")
         vectors = np.asarray(self._run(feed), dtype=np.float32)
         if normalize:
             vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)

@@ -14,7 +14,7 @@ import pytest
 
 from shared.config import Settings
 from shared.embed import export
-from shared.embed.embedder import Embedder, _minilm_path, load_embedder
+from shared.embed.embedder import Embedder, _minilm_path, load_embedder, load_token_counter
 from shared.embed.export import EXPORTED_BACKENDS, MANIFEST, export_dir
 from shared.errors import ConfigError
 
@@ -139,3 +139,30 @@ def test_a_cached_export_is_refused_once_the_floor_is_raised_past_it(models_dir:
     assert (
         export_dir(models_dir, "sentence-transformers/all-MiniLM-L6-v2", "onnx-int8") / MANIFEST
     ).is_file()
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx-int8"])
+def test_prep_counts_tokens_without_loading_the_model(
+    backend: str, models_dir: Path, torch_minilm: Embedder
+) -> None:
+    counter = load_token_counter(settings(models_dir, backend))
+    assert counter is not None and counter.backend == backend
+    assert counter.chunker(256, 0) == torch_minilm.chunker(256, 0)
+    assert [counter.count_tokens(t) for t in TEXTS] == [torch_minilm.count_tokens(t) for t in TEXTS]
+    assert counter.dimension == 384 and not counter.takes_lexemes
+    with pytest.raises(ConfigError, match="count tokens, not to encode"):
+        counter.encode_documents(["東京"])
+    code = (
+        "import sys\n"
+        "from shared.config import Settings\n"
+        "from shared.embed.embedder import load_token_counter\n"
+        f"s = Settings(model='minilm', backend={backend!r}, models_dir={str(models_dir)!r})\n"
+        "print(load_token_counter(s).count_tokens('東京の天気'))\n"
+        "print(sorted(m for m in ('torch', 'onnxruntime', 'openvino') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[:2] == ["5", "[]"], out.stderr[-2000:]
+
+
+def test_the_static_default_model_counts_with_the_embedder() -> None:
+    assert load_token_counter(Settings()) is None
