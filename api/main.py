@@ -57,7 +57,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             embedder = await asyncio.to_thread(
                 load_embedder, settings, threads=settings.query_threads
             )
-            table = await register_embedder(pool, embedder, settings.vector_index)
+            table = await register_embedder(
+                pool, embedder, settings.vector_index, settings.vector_dimensions
+            )
             st = AppState(settings, pool, redis, make_celery_app(settings), embedder, table)
             st.background.append(asyncio.create_task(sweep_forever(pool, st.celery, settings)))
             app.state.kensaku = st

@@ -119,6 +119,10 @@ class Settings(BaseSettings):
     # candidates wanted then re-ranked by the full vectors; ivfflat: k-means lists (rows/1000,
     # sqrt(rows) past a million), ivfflat_probes of them searched per query.
     vector_index: Literal["hnsw", "hnsw_halfvec", "hnsw_binary", "ivfflat"] = "hnsw_halfvec"
+    # The index holds only the first N dimensions of each vector (0: all): a Matryoshka model's
+    # prefix is a smaller, faster index of nearly the same quality; for any model the best
+    # binary_rerank_factor × the candidates wanted are re-ranked by the full stored vectors.
+    vector_dimensions: int = Field(0, ge=0, le=4000)
     binary_rerank_factor: int = Field(4, ge=1, le=100)
     ivfflat_probes: int = Field(10, ge=1, le=10_000)
 

@@ -39,7 +39,7 @@ class SearchParams:
 def _compose(query: str, *, filtered: bool, vec: str, table: ModelTable, rerank: int) -> str:
     """A search query with the shared fragments of search.sql put in, for ``table``'s kind of
     index (the partition and the dimension are ModelTable.sql's to fill)."""
-    vector = Q.fragment_vector_rerank if table.index_kind == "hnsw_binary" else Q.fragment_vector
+    vector = Q.fragment_vector_rerank if table.reranks else Q.fragment_vector
     sql = (
         query.replace("{lexical}", Q.fragment_lexical)
         .replace("{vector}", vector.replace("{vector_order}", table.vector_order))

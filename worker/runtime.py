@@ -81,7 +81,14 @@ class Runtime:
 
     @cached_property
     def table(self) -> ModelTable:
-        table = self.run(register_embedder(self.pool, self.counter, self.settings.vector_index))
+        table = self.run(
+            register_embedder(
+                self.pool,
+                self.counter,
+                self.settings.vector_index,
+                self.settings.vector_dimensions,
+            )
+        )
         log.info("worker %s writes vectors to %s", self.pid, table.table)
         return table
 

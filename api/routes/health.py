@@ -51,7 +51,7 @@ async def readyz(st: State) -> JSONResponse:
         "dimension": st.embedder.dimension,
         "vector_unit": st.table.vector_unit,
         "index": st.table.index_kind,
-        "dimensions_stored": st.table.dimension,
+        "dimensions_stored": st.table.dimensions_stored,
     }
     ready = checks["database"] == "ok" and checks["broker"] == "ok"
     body = Readiness.model_validate({"ready": ready, **checks}).model_dump()

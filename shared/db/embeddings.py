@@ -37,58 +37,112 @@ VECTOR_UNITS = ("chunk", "sentence")
 INDEX_SUFFIXES = {"hnsw_halfvec": "hnsw", "hnsw": "hf", "hnsw_binary": "hb", "ivfflat": "iv"}
 
 
+# KENSAKU_VECTOR_DIMENSIONS: an index over the first N dimensions gets this letter and N in
+# base 36 (at most 3 characters for 4,000), so its name fits the same 5 characters and a change
+# of N is a new index.
+_REDUCED_LETTERS = {"hnsw_halfvec": "h", "hnsw": "f", "hnsw_binary": "b", "ivfflat": "i"}
+
+
+def _base36(n: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        n, r = divmod(n, 36)
+        out = digits[r] + out
+        if n == 0:
+            return out
+
+
 @dataclass(frozen=True)
 class ModelTable:
     """A model's embedding table (one partition per collection) and how its vectors were made,
-    with the kind of index its partitions get (KENSAKU_VECTOR_INDEX)."""
+    with the kind of index its partitions get (KENSAKU_VECTOR_INDEX) and how many of the
+    vectors' dimensions it holds (KENSAKU_VECTOR_DIMENSIONS; 0: all)."""
 
     model: str
     table: str
     dimension: int
     vector_unit: str = "chunk"
     index_kind: str = "hnsw_halfvec"
+    index_dimensions: int = 0
 
     def __post_init__(self) -> None:
         if self.index_kind not in INDEX_SUFFIXES:
             raise ConfigError(
                 f"unknown vector index {self.index_kind!r}; one of {', '.join(INDEX_SUFFIXES)}"
             )
+        if self.index_dimensions > self.dimension:
+            raise ConfigError(
+                f"KENSAKU_VECTOR_DIMENSIONS={self.index_dimensions} exceeds the "
+                f"{self.dimension} dimensions of {self.model}"
+            )
 
     @property
     def vector_type(self) -> str:
         return f"halfvec({self.dimension})"
 
+    @property
+    def dimensions_stored(self) -> int:
+        """The dimensions the vector index holds (the table keeps them all, to re-rank)."""
+        return self.index_dimensions or self.dimension
+
+    @property
+    def reduced(self) -> bool:
+        return 0 < self.index_dimensions < self.dimension
+
+    @property
+    def reranks(self) -> bool:
+        """Whether the index's order is an approximation re-ranked by the stored vectors."""
+        return self.index_kind == "hnsw_binary" or self.reduced
+
     def partition(self, collection_id: int) -> str:
         return f"{self.table}_c{int(collection_id)}"
 
     def index(self, collection_id: int, kind: str | None = None) -> str:
-        return f"{self.partition(collection_id)}_{INDEX_SUFFIXES[kind or self.index_kind]}"
+        kind = kind or self.index_kind
+        if self.reduced and kind == self.index_kind:
+            suffix = _REDUCED_LETTERS[kind] + _base36(self.index_dimensions)
+        else:
+            suffix = INDEX_SUFFIXES[kind]
+        return f"{self.partition(collection_id)}_{suffix}"
+
+    def _indexed(self, vector: str) -> str:
+        """The vector the index holds: the stored one, or its first N dimensions (a Matryoshka
+        model's prefix; for others a coarser first pass, re-ranked by the full vectors)."""
+        if not self.reduced:
+            return vector
+        n = self.index_dimensions
+        return f"subvector({vector}, 1, {n})::halfvec({n})"
 
     def index_method(self, rows: int) -> str:
         """The USING clause of a partition's index over ``rows`` vectors."""
-        d = self.dimension
+        d, held = self.dimensions_stored, self._indexed("embedding")
         if self.index_kind == "hnsw":
-            return f"hnsw ((embedding::vector({d})) vector_cosine_ops)"
+            return f"hnsw (({held}::vector({d})) vector_cosine_ops)"
         if self.index_kind == "hnsw_binary":
-            return f"hnsw ((binary_quantize(embedding)::bit({d})) bit_hamming_ops)"
+            return f"hnsw ((binary_quantize({held})::bit({d})) bit_hamming_ops)"
+        column = f"({held})" if self.reduced else "embedding"
         if self.index_kind == "ivfflat":
             # pgvector's advice: rows / 1000 lists up to a million rows, sqrt(rows) beyond.
             lists = max(1, rows // 1000 if rows <= 1_000_000 else math.isqrt(rows))
-            return f"ivfflat (embedding halfvec_cosine_ops) WITH (lists = {lists})"
-        return "hnsw (embedding halfvec_cosine_ops)"
+            return f"ivfflat ({column} halfvec_cosine_ops) WITH (lists = {lists})"
+        return f"hnsw ({column} halfvec_cosine_ops)"
 
     @property
     def vector_order(self) -> str:
         """The nearest-first ORDER BY expression the partition's index serves ({vec}: the
         query vector)."""
+        d = self.dimensions_stored
+        row, query = self._indexed("e.embedding"), self._indexed("{vec}::halfvec")
         if self.index_kind == "hnsw":
-            return f"e.embedding::vector({self.dimension}) <=> {{vec}}::vector({self.dimension})"
+            if not self.reduced:
+                query = "{vec}"
+            return f"{row}::vector({d}) <=> {query}::vector({d})"
         if self.index_kind == "hnsw_binary":
-            return (
-                f"binary_quantize(e.embedding)::bit({self.dimension}) "
-                "<~> binary_quantize({vec}::halfvec)"
-            )
-        return "e.embedding <=> {vec}"
+            return f"binary_quantize({row})::bit({d}) <~> binary_quantize({query})"
+        if not self.reduced:
+            return "e.embedding <=> {vec}"
+        return f"{row} <=> {query}"
 
     def sql(self, query: str, collection_id: int | None = None) -> str:
         """A named query with this model's table (and a collection's partition) filled in:
@@ -182,10 +236,13 @@ class EmbedderInfo(Protocol):
 
 
 async def register_embedder(
-    pool: asyncpg.Pool, embedder: EmbedderInfo, index_kind: str = "hnsw_halfvec"
+    pool: asyncpg.Pool,
+    embedder: EmbedderInfo,
+    index_kind: str = "hnsw_halfvec",
+    index_dimensions: int = 0,
 ) -> ModelTable:
     """``ensure_model_table`` for a loaded model, which is then the active one; its partitions
-    get ``index_kind`` indexes."""
+    get ``index_kind`` indexes over ``index_dimensions`` of the vectors (0: all)."""
     table = await ensure_model_table(
         pool,
         model=embedder.name,
@@ -195,7 +252,7 @@ async def register_embedder(
         query_prompt=embedder.query_prompt,
         document_prompt=embedder.document_prompt,
     )
-    return dataclasses.replace(table, index_kind=index_kind)
+    return dataclasses.replace(table, index_kind=index_kind, index_dimensions=index_dimensions)
 
 
 async def ensure_partition(pool: asyncpg.Pool, mt: ModelTable, collection_id: int) -> None:

@@ -23,7 +23,7 @@ import uuid
 import asyncpg
 
 from shared.config import Settings
-from shared.db.embeddings import INDEX_SUFFIXES, ModelTable
+from shared.db.embeddings import ModelTable
 from shared.db.queries import Q
 
 log = logging.getLogger(__name__)
@@ -126,8 +126,9 @@ async def build_vector_index(
         rows,
         time.perf_counter() - started,
     )
-    for kind in INDEX_SUFFIXES:
-        if kind != table.index_kind:
-            drop = Q.drop_partition_index.replace("{index}", table.index(collection_id, kind))
-            await conn.execute(drop)
+    # Any other vector index on the partition (another kind or dimensions): it only slows writes.
+    keep = table.index(collection_id)
+    for row in await conn.fetch(Q.partition_indexes, table.partition(collection_id)):
+        if row["name"] != keep:
+            await conn.execute(Q.drop_partition_index.replace("{index}", row["name"]))
     return True

@@ -38,23 +38,28 @@ def sample_collection(stack: Any, api: httpx.Client) -> str:
     return name
 
 
-@pytest.mark.parametrize("kind", sorted(INDEX_SUFFIXES))
-def test_vector_index_kind(stack: Any, sample_collection: str, kind: str) -> None:
+# Every kind over all the dimensions, and two over the first N (KENSAKU_VECTOR_DIMENSIONS).
+VARIANTS = [(k, 0) for k in sorted(INDEX_SUFFIXES)] + [("hnsw_halfvec", 64), ("hnsw_binary", 256)]
+
+
+@pytest.mark.parametrize(("kind", "dims"), VARIANTS)
+def test_vector_index_kind(stack: Any, sample_collection: str, kind: str, dims: int) -> None:
     settings = Settings(
         database_url=stack.database_url,
         redis_url=stack.redis_url,
         hnsw_min_rows=1,
         vector_index=kind,  # type: ignore[arg-type]
+        vector_dimensions=dims,
     )
-    asyncio.run(_check_kind(settings, sample_collection, kind))
+    asyncio.run(_check_kind(settings, sample_collection, kind, dims))
 
 
-async def _check_kind(settings: Settings, collection: str, kind: str) -> None:
+async def _check_kind(settings: Settings, collection: str, kind: str, dims: int) -> None:
     embedder = load_embedder(settings)
     pool = await create_pool(settings, min_size=1)
     try:
         default = await register_embedder(pool, embedder)
-        table = dataclasses.replace(default, index_kind=kind)
+        table = dataclasses.replace(default, index_kind=kind, index_dimensions=dims)
         cid = await pool.fetchval("SELECT id FROM collections WHERE name = $1", collection)
         exact = {
             (q, mode): await _ids(pool, embedder, default, settings, collection, q, mode)

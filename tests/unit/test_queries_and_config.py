@@ -63,6 +63,39 @@ def test_each_vector_index_kind_has_its_own_index_and_query() -> None:
         ModelTable("m", "emb_m", 300, index_kind="hnsw_pq")
 
 
+def test_an_index_over_the_first_dimensions_reranks_with_all_of_them() -> None:
+    long_table = "emb_" + "x" * 32 + "_" + "0" * 8
+    names = {
+        ModelTable("m", long_table, 4000, index_kind=k, index_dimensions=n).index(2**31 - 1)
+        for k in INDEX_SUFFIXES
+        for n in (0, 64, 3999)
+    }
+    assert len(names) == 3 * len(INDEX_SUFFIXES) and max(map(len, names)) <= 63
+    half = ModelTable("m", "emb_m", 300, index_dimensions=64)
+    assert half.reduced and half.reranks and half.dimensions_stored == 64
+    assert half.index(7) == "emb_m_c7_h1s"  # 64 in base 36
+    assert half.index_method(50_000) == (
+        "hnsw ((subvector(embedding, 1, 64)::halfvec(64)) halfvec_cosine_ops)"
+    )
+    sql = search_sql("vector", False, half, 4)
+    # The ORDER BY is the indexed expression; the cosine is the full stored vectors'.
+    assert (
+        "ORDER BY subvector(e.embedding, 1, 64)::halfvec(64) <=> "
+        "subvector($5::halfvec, 1, 64)::halfvec(64)" in sql
+    )
+    assert "LIMIT $3 * 4" in sql and "b.embedding <=> $5 AS distance" in sql
+    binary = ModelTable("m", "emb_m", 300, index_kind="hnsw_binary", index_dimensions=128)
+    assert "binary_quantize(subvector(embedding, 1, 128)::halfvec(128))::bit(128)" in (
+        binary.index_method(1)
+    )
+    # All dimensions is no reduction: the plain index and query.
+    same = ModelTable("m", "emb_m", 300, index_dimensions=300)
+    assert not same.reduced and same.index(7) == "emb_m_c7_hnsw" and same.dimensions_stored == 300
+    assert "LIMIT $3 * 4" not in search_sql("vector", False, same, 4)
+    with pytest.raises(ConfigError, match="exceeds the 300 dimensions"):
+        ModelTable("m", "emb_m", 300, index_dimensions=301)
+
+
 def test_bind_rule() -> None:
     Settings(host="127.0.0.1").check_bind_allowed()
     Settings(host="::1").check_bind_allowed()

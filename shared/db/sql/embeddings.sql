@@ -49,8 +49,15 @@ SELECT count(*) FROM {partition};
 -- name: create_partition_index
 CREATE INDEX IF NOT EXISTS {index} ON {partition} USING {index_method};
 
+-- name: partition_indexes
+-- The vector indexes of a partition (all but its primary key's).
+SELECT i.relname AS name
+FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
+WHERE x.indrelid = to_regclass($1) AND NOT x.indisprimary;
+
 -- name: drop_partition_index
--- An index of a kind no longer configured (KENSAKU_VECTOR_INDEX changed): only slows writes.
+-- An index of a kind or dimensions no longer configured (KENSAKU_VECTOR_INDEX,
+-- KENSAKU_VECTOR_DIMENSIONS changed): only slows writes.
 DROP INDEX IF EXISTS {index};
 
 -- name: delete_embeddings
