@@ -128,7 +128,7 @@ def vector_storage(database_url: str) -> str:
                        (SELECT coalesce(sum(pg_relation_size(c.oid)), 0) FROM pg_class c
                         WHERE c.relname ~ '^emb_.*_c[0-9]+$' AND c.relkind = 'r') AS table_bytes
                 FROM pg_index i JOIN pg_class x ON x.oid = i.indexrelid
-                WHERE x.relname ~ '^emb_.*_c[0-9]+_(hnsw|hf|hb|iv)$'
+                WHERE x.relname ~ '^emb_.*_c[0-9]+_[a-z0-9]+$' AND NOT i.indisprimary
                 """
             )
         finally:

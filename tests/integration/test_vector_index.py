@@ -1,6 +1,7 @@
-"""Each KENSAKU_VECTOR_INDEX kind on the real database: finalize builds it (and drops an index of
-another kind), search's query is the one that index serves (the plan reads it), and vector and
-hybrid searches through it rank the sample corpus as the exact scan does."""
+"""Each KENSAKU_VECTOR_INDEX kind, and two over the first N dimensions (KENSAKU_VECTOR_DIMENSIONS),
+on the real database: finalize builds it (and drops an index of another kind), search's query is
+the one that index serves (the plan reads it), and vector and hybrid searches through it rank the
+sample corpus as the exact scan does."""
 
 from __future__ import annotations
 
