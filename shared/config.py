@@ -122,6 +122,8 @@ class Settings(BaseSettings):
     # The index holds only the first N dimensions of each vector (0: all): a Matryoshka model's
     # prefix is a smaller, faster index of nearly the same quality; for any model the best
     # binary_rerank_factor × the candidates wanted are re-ranked by the full stored vectors.
+    # A collection still below hnsw_min_rows is ranked the same way (prefix, then re-rank),
+    # not by a full exact scan.
     vector_dimensions: int = Field(0, ge=0, le=4000)
     binary_rerank_factor: int = Field(4, ge=1, le=100)
     ivfflat_probes: int = Field(10, ge=1, le=10_000)

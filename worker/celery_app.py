@@ -34,12 +34,17 @@ def _preload(sender: object = None, **_: object) -> None:
     # Importing does not initialize CUDA, so forking afterwards stays safe. An exported backend
     # needs only its runtime: torch would cost ~9 s of start and its memory for nothing.
     import importlib
+    import importlib.util
 
+    from shared.config import DEFAULT_MODEL
     from shared.embed.export import RUNTIME_MODULES
     from worker.runtime import Runtime
 
-    backend = get_settings().backend
-    importlib.import_module(RUNTIME_MODULES.get(backend, "sentence_transformers"))
+    settings = get_settings()
+    runtime = RUNTIME_MODULES.get(settings.backend)
+    if settings.model == DEFAULT_MODEL or not runtime or not importlib.util.find_spec(runtime):
+        runtime = "sentence_transformers"  # torch (a missing extra is reported on first use)
+    importlib.import_module(runtime)
 
     # Children inherit this: each sizes torch's threads to its share of the cores.
     Runtime.pool_processes = int(getattr(sender, "concurrency", 1) or 1)

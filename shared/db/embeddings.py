@@ -37,9 +37,9 @@ VECTOR_UNITS = ("chunk", "sentence")
 INDEX_SUFFIXES = {"hnsw_halfvec": "hnsw", "hnsw": "hf", "hnsw_binary": "hb", "ivfflat": "iv"}
 
 
-# KENSAKU_VECTOR_DIMENSIONS: an index over the first N dimensions gets this letter and N in
-# base 36 (at most 3 characters for 4,000), so its name fits the same 5 characters and a change
-# of N is a new index.
+# KENSAKU_VECTOR_DIMENSIONS: an index over the first N dimensions is named "d", this letter and
+# N in base 36 (at most 3 characters for 4,000): never one of the names above, within
+# Postgres's 63 characters, and a change of N is a new index.
 _REDUCED_LETTERS = {"hnsw_halfvec": "h", "hnsw": "f", "hnsw_binary": "b", "ivfflat": "i"}
 
 
@@ -101,7 +101,7 @@ class ModelTable:
     def index(self, collection_id: int, kind: str | None = None) -> str:
         kind = kind or self.index_kind
         if self.reduced and kind == self.index_kind:
-            suffix = _REDUCED_LETTERS[kind] + _base36(self.index_dimensions)
+            suffix = "d" + _REDUCED_LETTERS[kind] + _base36(self.index_dimensions)
         else:
             suffix = INDEX_SUFFIXES[kind]
         return f"{self.partition(collection_id)}_{suffix}"

@@ -348,8 +348,9 @@ def load_embedder(settings: Settings, *, threads: int | None = None) -> Embedder
 def load_token_counter(settings: Settings) -> Embedder | None:
     """What prep needs of a transformer model without loading it: its tokenizer, sequence limit
     and prompts (``count_tokens``, ``chunk_tokens``, ``chunker``, the registry fields), from the
-    backend's export or a tokenizer-only one (made once, cached). It cannot encode. None for the
-    default static model, whose lexeme embedding runs inside prep: there the embedder counts."""
+    backend's export or a tokenizer-only one (made once, cached). It cannot encode. None where
+    the embedder itself must count: the default static model (its lexeme embedding runs inside
+    prep) and models with no Hugging Face tokenizer to copy."""
     from shared.embed.export import TOKENS, ensure_export
     from shared.embed.exported_model import ExportedModel
 
@@ -357,14 +358,21 @@ def load_token_counter(settings: Settings) -> Embedder | None:
     if name == DEFAULT_MODEL:
         return None
     kind = settings.backend if settings.backend != "torch" else TOKENS
-    directory = ensure_export(
-        source,
-        name=name,
-        backend=kind,
-        models_dir=settings.models_dir,
-        trust=trust,
-        min_cosine=settings.export_min_cosine,
-    )
+    try:
+        directory = ensure_export(
+            source,
+            name=name,
+            backend=kind,
+            models_dir=settings.models_dir,
+            trust=trust,
+            min_cosine=settings.export_min_cosine,
+        )
+    except ConfigError as exc:
+        if kind != TOKENS:
+            raise
+        # Not a Hugging Face transformer (e.g. a StaticEmbedding model): the embedder counts.
+        log.info("no tokenizer-only copy of %s (%s): prep loads the model", name, exc)
+        return None
     return Embedder(
         ExportedModel(directory, threads=None, load_graph=False),
         name=name,

@@ -57,7 +57,7 @@ EXPORTED_BACKENDS = ("onnx", "onnx-int8", "openvino", "openvino-int8")
 # Not a backend: the tokenizer and settings alone, for processes that only count tokens (prep).
 TOKENS = "tokens"
 MANIFEST = "kensaku-export.json"
-FORMAT = 1  # bump when the layout or the export changes: older caches are rebuilt
+FORMAT = 2  # bump when the layout or the export changes: older caches are rebuilt
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # What each backend needs at run time and, in addition, to export; and the extra that has both.
 RUNTIME_MODULES = {
@@ -243,7 +243,6 @@ def _runtime_settings(model: SentenceTransformer) -> dict[str, Any]:
         "tokenizer_json": backend.to_str(),
         "pad_id": int(tokenizer.pad_token_id or 0),
         "pad_token": str(tokenizer.pad_token or "[PAD]"),
-        "lowercase": bool(getattr(first, "do_lower_case", False)),
         "max_seq_length": int(seq) if seq else None,
         "dimension": int(model.get_embedding_dimension() or 0),
         "prompts": {k: v for k, v in (model.prompts or {}).items() if v},

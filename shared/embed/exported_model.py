@@ -12,6 +12,7 @@ sequence limit and padded to the longest text of a batch, as sentence-transforme
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,6 @@ class ExportedModel:
         self.max_seq_length: int | None = manifest.get("max_seq_length")
         self._dimension = int(manifest["dimension"])
         self._inputs: list[str] = list(manifest["inputs"])
-        self._lowercase = bool(manifest.get("lowercase"))
         self.tokenizer = Tokenizer.from_file(str(self.directory / "tokenizer.json"))
         self._batch_tokenizer = Tokenizer.from_str(self.tokenizer.to_str())
         if self.max_seq_length:
@@ -66,7 +66,15 @@ class ExportedModel:
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         compiled = ov.Core().compile_model(str(graph), "CPU", config)
-        return lambda feed: compiled(feed)[0]
+        # A compiled model runs one infer request at a time; the API encodes queries in a
+        # thread pool. (ONNX Runtime sessions are safe to share between threads.)
+        lock = threading.Lock()
+
+        def run(feed: dict[str, np.ndarray]) -> Any:
+            with lock:
+                return compiled(feed)[0]
+
+        return run
 
     # --- the SentenceTransformer surface Embedder uses ------------------------------------------
     def get_embedding_dimension(self) -> int:
@@ -94,10 +102,9 @@ class ExportedModel:
         """One batch, as given (``Embedder`` sorts and sizes the batches)."""
         if not texts:
             return np.zeros((0, self._dimension), dtype=np.float32)
-        prepared = [(prompt + t).strip() for t in texts]
-        if self._lowercase:
-            prepared = [t.lower() for t in prepared]
-        encodings = self._batch_tokenizer.encode_batch(prepared)
+        # As sentence-transformers 6 does: the prompt prefixed, nothing stripped; lowercasing
+        # (do_lower_case) is in the exported tokenizer's normalizer.
+        encodings = self._batch_tokenizer.encode_batch([prompt + t for t in texts])
         columns = {
             "input_ids": [e.ids for e in encodings],
             "attention_mask": [e.attention_mask for e in encodings],

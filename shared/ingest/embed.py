@@ -60,16 +60,33 @@ async def embed_documents(
     to prep rather than have the model truncate chunks sized for a different tokenizer."""
     result = EmbedResult()
     rows = await pool.fetch(Q.load_for_embed, doc_ids)
+    foreign = {r["document_id"] for r in rows if chunker and r["chunker"] not in (None, chunker)}
+    # Sent back once; a second time (prep and embed disagree) it is embedded as it is.
     stale = sorted(
-        {r["document_id"] for r in rows if chunker and r["chunker"] not in (None, chunker)}
+        {
+            r["document_id"]
+            for r in rows
+            if r["document_id"] in foreign and r["chunker_bounces"] == 0
+        }
     )
-    if stale:
-        result.reprep = [r["id"] for r in await pool.fetch(Q.send_back_to_prep, stale)]
-        log.info("%d documents were cut for another chunker: back to prep", len(result.reprep))
-        rows = [r for r in rows if r["document_id"] not in set(stale)]
+    if len(foreign) > len(stale):
+        log.warning(
+            "%d documents were cut for another chunker again: embedded as they are "
+            "(prep and embed disagree on the chunker: check their settings)",
+            len(foreign) - len(stale),
+        )
+    rows = [r for r in rows if r["document_id"] not in set(stale)]
     versions = {r["document_id"]: r["version"] for r in rows}
     result.skipped = len(set(doc_ids)) - len(versions) - len(stale)
+
+    async def send_back(conn: asyncpg.Connection) -> None:
+        result.reprep = [r["id"] for r in await conn.fetch(Q.send_back_to_prep, stale)]
+        if result.reprep:
+            log.info("%d documents were cut for another chunker: back to prep", len(result.reprep))
+
     if not rows:
+        if stale:
+            await retry_transaction(pool, send_back)
         return result
 
     inputs = [unit_inputs(table, r["title"], r["text"]) for r in rows]
@@ -110,6 +127,8 @@ async def embed_documents(
         result.chunks = sum(len(v) for v in chunk_ids.values())
         await conn.execute(Q.mark_indexed, result.indexed)
         result.jobs = {r["job_id"] for r in current if r["id"] in live and r["job_id"]}
+        # In the same transaction: if encoding fails, the task's retry sees them again.
+        await send_back(conn)
 
     await retry_transaction(pool, write)
     metrics.DOCUMENTS_INGESTED.labels("embed").inc(len(result.indexed))

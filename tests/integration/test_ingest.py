@@ -367,7 +367,25 @@ def test_chunks_cut_for_another_chunker_are_cut_again(
         "WHERE c.name = $1 AND d.external_id = 'd2'",
         collection,
     )[0]["id"]
-    enqueue_embed(make_celery_app(Settings(redis_url=stack.redis_url)), [doc_id], 8)
+    celery = make_celery_app(Settings(redis_url=stack.redis_url))
+    enqueue_embed(celery, [doc_id], 8)
     again = settled()
     assert set(again["d2"][0]).isdisjoint(after["d2"][0])
     assert again["d3"][0] == after["d3"][0]
+
+    # Sent back once already (prep and embed disagree): embedded as it is, no second round.
+    d3 = db_fetch(
+        stack,
+        "UPDATE documents SET status = 'prepped', chunker = 'lexemes/17/0', chunker_bounces = 1 "
+        "WHERE external_id = 'd3' AND collection_id = (SELECT id FROM collections WHERE name = $1) "
+        "RETURNING id",
+        collection,
+    )[0]["id"]
+    enqueue_embed(celery, [d3], 8)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and counts(stack, collection)["indexed"] < 4:
+        time.sleep(0.2)
+    final = _chunks_and_chunkers(stack, collection)
+    assert final["d3"] == (again["d3"][0], "lexemes/17/0")
+    bounces = db_fetch(stack, "SELECT chunker_bounces FROM documents WHERE id = $1", d3)
+    assert bounces[0]["chunker_bounces"] == 0  # reset once indexed

@@ -71,9 +71,17 @@ def test_an_index_over_the_first_dimensions_reranks_with_all_of_them() -> None:
         for n in (0, 64, 3999)
     }
     assert len(names) == 3 * len(INDEX_SUFFIXES) and max(map(len, names)) <= 63
+    # No reduced name is ever a full-dimension name of another kind (11 is "b" in base 36).
+    plain = {ModelTable("m", "emb_m", 4000, index_kind=k).index(7) for k in INDEX_SUFFIXES}
+    for n in (11, 15, 18, 30):
+        for k in INDEX_SUFFIXES:
+            assert (
+                ModelTable("m", "emb_m", 4000, index_kind=k, index_dimensions=n).index(7)
+                not in plain
+            )
     half = ModelTable("m", "emb_m", 300, index_dimensions=64)
     assert half.reduced and half.reranks and half.dimensions_stored == 64
-    assert half.index(7) == "emb_m_c7_h1s"  # 64 in base 36
+    assert half.index(7) == "emb_m_c7_dh1s"  # 64 in base 36
     assert half.index_method(50_000) == (
         "hnsw ((subvector(embedding, 1, 64)::halfvec(64)) halfvec_cosine_ops)"
     )

@@ -47,16 +47,18 @@ UPDATE documents SET status = 'prepped', attempts = 0, updated_at = now(), last_
 WHERE id = ANY($1::bigint[]);
 
 -- name: mark_indexed
-UPDATE documents SET status = 'indexed', updated_at = now(), last_error = NULL
+UPDATE documents SET status = 'indexed', updated_at = now(), last_error = NULL,
+       chunker_bounces = 0
 WHERE id = ANY($1::bigint[]);
 
 -- name: set_chunker
 UPDATE documents SET chunker = $2 WHERE id = ANY($1::bigint[]);
 
 -- name: send_back_to_prep
--- Prepped documents whose chunks were cut for another tokenizer or budget: prep again.
-UPDATE documents SET status = 'queued', attempts = 0, updated_at = now()
-WHERE id = ANY($1::bigint[]) AND status = 'prepped'
+-- Prepped documents whose chunks were cut for another tokenizer or budget: prep again, once.
+UPDATE documents SET status = 'queued', attempts = 0, updated_at = now(),
+       chunker_bounces = chunker_bounces + 1
+WHERE id = ANY($1::bigint[]) AND status = 'prepped' AND chunker_bounces = 0
 RETURNING id;
 
 -- name: mark_failed
@@ -68,7 +70,8 @@ WHERE id = $1 AND version = $3;
 INSERT INTO ingest_errors (document_id, job_id, stage, message) VALUES ($1, $2, $3, $4);
 
 -- name: load_for_embed
-SELECT c.id AS chunk_id, c.document_id, c.collection_id, c.text, d.title, d.version, d.chunker
+SELECT c.id AS chunk_id, c.document_id, c.collection_id, c.text, d.title, d.version, d.chunker,
+       d.chunker_bounces
 FROM chunks c JOIN documents d ON d.id = c.document_id
 WHERE d.id = ANY($1::bigint[]) AND d.status = 'prepped'
 ORDER BY c.id;

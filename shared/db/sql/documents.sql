@@ -130,7 +130,8 @@ SELECT 1;
 -- name: requeue_for_embed
 -- After a model change: indexed documents go back to 'prepped' so the new model's table is
 -- filled from the chunks already there, when they were cut by the new model's chunker ($2);
--- the others go back to 'queued', to be cut again first. $1 a collection or NULL.
+-- the others go back to 'queued', to be cut again first, including those prepped before the
+-- chunker was recorded (NULL: unknown, so cut again to be safe). $1 a collection or NULL.
 UPDATE documents d
 SET status = CASE WHEN d.chunker = $2 THEN 'prepped' ELSE 'queued' END::document_status,
     attempts = 0, updated_at = now()

@@ -50,10 +50,15 @@ SELECT count(*) FROM {partition};
 CREATE INDEX IF NOT EXISTS {index} ON {partition} USING {index_method};
 
 -- name: partition_indexes
--- The vector indexes of a partition (all but its primary key's).
+-- The vector indexes kensaku built on a partition: HNSW or IVFFlat, named after the partition
+-- (an operator's own index, or one attached to a parent index, is left alone).
 SELECT i.relname AS name
-FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
-WHERE x.indrelid = to_regclass($1) AND NOT x.indisprimary;
+FROM pg_index x
+JOIN pg_class i ON i.oid = x.indexrelid
+JOIN pg_am a ON a.oid = i.relam
+WHERE x.indrelid = to_regclass($1) AND a.amname IN ('hnsw', 'ivfflat')
+  AND starts_with(i.relname, $1 || '_')
+  AND NOT EXISTS (SELECT 1 FROM pg_inherits h WHERE h.inhrelid = i.oid);
 
 -- name: drop_partition_index
 -- An index of a kind or dimensions no longer configured (KENSAKU_VECTOR_INDEX,
