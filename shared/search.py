@@ -199,6 +199,11 @@ async def search(
             sql = table.sql(search_sql(mode, filtered, table, rerank), info.id)
             if mode == "vector":
                 rows = await pool.fetch(sql, *common, vector, timeout=timeout)
+                if filtered and len(rows) < params.top_k:
+                    # An index scan under a selective filter can stop short (pgvector ends an
+                    # iterative scan at hnsw.max_scan_tuples): the exact scan settles whether
+                    # fewer documents match.
+                    rows = await _exact(pool, sql, (*common, vector), timeout)
             else:
                 q = lexical_query(terms, settings)
                 rows = await pool.fetch(
@@ -231,6 +236,22 @@ async def search(
         "took_ms": round(took * 1000, 3),
         "mode": params.mode,
     }
+
+
+async def _exact(
+    db: asyncpg.Pool | asyncpg.Connection, sql: str, args: tuple[Any, ...], limit_s: float
+) -> list[asyncpg.Record]:
+    """``sql`` without index scans: exact over the collection's partition."""
+
+    async def run(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+        async with conn.transaction():
+            await conn.execute(Q.set_local, "enable_indexscan", "off")
+            return list(await conn.fetch(sql, *args, timeout=limit_s))
+
+    if isinstance(db, asyncpg.Pool):
+        async with db.acquire() as conn:
+            return await run(conn)
+    return await run(db)
 
 
 async def _encode_query(embedder: Embedder, text: str, terms: QueryTerms) -> Any:

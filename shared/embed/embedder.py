@@ -10,6 +10,10 @@
 - anything else: a Hugging Face Hub id, downloaded by sentence-transformers into its usual cache
   (``HF_HOME``; needs a network; ``KENSAKU_TRUST_REMOTE_CODE=true`` for models with custom code).
 
+``settings.backend``: ``torch`` loads it with sentence-transformers; ``onnx``, ``onnx-int8``,
+``openvino`` and ``openvino-int8`` run a copy exported once and cached (``shared/embed/export.py``,
+``shared/embed/exported_model.py``), without torch.
+
 Custom module code is trusted only for a directory that carries kensaku's build marker (our own
 code, ``shared.embed.sudachi_static``) or when ``settings.trust_remote_code`` is set.
 

@@ -1,6 +1,7 @@
 """Vector search where index scans go wrong: a filter that matches 1 % of a collection large
 enough to have its HNSW index, and a small collection next to the large one. Both must fill
-top_k and agree with the exact scan (recall@10 ≥ 0.95)."""
+top_k and agree with the exact scan (recall@10 ≥ 0.95). The filtered search goes through the
+index (an iterative scan) and falls back to the exact scan when that comes back short."""
 
 from __future__ import annotations
 
