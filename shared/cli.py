@@ -88,10 +88,11 @@ def cmd_reembed(args: argparse.Namespace) -> int:
 
     from shared.broker import enqueue_embed, enqueue_prep, make_celery_app
     from shared.db.queries import Q
-    from shared.embed.embedder import load_embedder
+    from shared.embed.embedder import load_embedder, load_token_counter
 
     settings = get_settings()
-    embedder = load_embedder(settings)
+    # The chunker is all this needs: a transformer's tokenizer, not the model.
+    embedder = load_token_counter(settings) or load_embedder(settings)
     chunker = embedder.chunker(settings.chunk_tokens, settings.chunk_overlap_tokens)
 
     async def requeue() -> list[asyncpg.Record]:

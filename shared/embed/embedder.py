@@ -355,7 +355,7 @@ def load_token_counter(settings: Settings) -> Embedder | None:
     backend's export or a tokenizer-only one (made once, cached). It cannot encode. None where
     the embedder itself must count: the default static model (its lexeme embedding runs inside
     prep) and models with no Hugging Face tokenizer to copy."""
-    from shared.embed.export import TOKENS, ensure_export
+    from shared.embed.export import TOKENS
     from shared.embed.exported_model import ExportedModel
 
     source, name, trust = _resolve(settings)
@@ -363,14 +363,7 @@ def load_token_counter(settings: Settings) -> Embedder | None:
         return None
     kind = settings.backend if settings.backend != "torch" else TOKENS
     try:
-        directory = ensure_export(
-            source,
-            name=name,
-            backend=kind,
-            models_dir=settings.models_dir,
-            trust=trust,
-            min_cosine=settings.export_min_cosine,
-        )
+        directory = _export(settings, source, name, trust, kind)
     except ConfigError as exc:
         if kind != TOKENS:
             raise
@@ -418,7 +411,6 @@ def _load_torch(
 def _load_exported(
     settings: Settings, source: str, name: str, trust: bool, backend: str, threads: int | None
 ) -> tuple[Any, str]:
-    from shared.embed.export import ensure_export
     from shared.embed.exported_model import ExportedModel
 
     if settings.device not in ("auto", "cpu"):
@@ -426,12 +418,18 @@ def _load_exported(
             f"KENSAKU_BACKEND={backend} runs on the CPU; for KENSAKU_DEVICE={settings.device} "
             "use KENSAKU_BACKEND=torch (fp16 on a GPU)"
         )
-    directory = ensure_export(
+    return ExportedModel(_export(settings, source, name, trust, backend), threads=threads), "cpu"
+
+
+def _export(settings: Settings, source: str, name: str, trust: bool, kind: str) -> Path:
+    """The cached export of the model for ``kind`` (a backend, or the tokenizer alone)."""
+    from shared.embed.export import ensure_export
+
+    return ensure_export(
         source,
         name=name,
-        backend=backend,
+        backend=kind,
         models_dir=settings.models_dir,
         trust=trust,
         min_cosine=settings.export_min_cosine,
     )
-    return ExportedModel(directory, threads=threads), "cpu"
