@@ -20,14 +20,13 @@ from fastapi_offline import FastAPIOffline
 
 from api.auth import require_api_key
 from api.middleware import RequestIdMiddleware
+from api.models import ServedModels
 from api.routes import documents, files, health, jobs, search
 from api.routes import metrics as metrics_route
 from api.state import AppState
 from shared.broker import make_celery_app
 from shared.config import Settings, get_settings
-from shared.db.embeddings import register_embedder
 from shared.db.pool import create_pool
-from shared.embed.embedder import load_embedder
 from shared.errors import ConfigError, NotFoundError, RejectError, RetryableError
 from shared.ingest.sweep import sweep_forever
 from shared.logging import configure_logging
@@ -53,17 +52,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         st: AppState | None = None
         try:
             get_tokenizer()
-            # The query model is loaded once here; search never loads it per request.
-            embedder = await asyncio.to_thread(
-                load_embedder, settings, threads=settings.query_threads
-            )
-            table = await register_embedder(
-                pool, embedder, settings.vector_index, settings.vector_dimensions
-            )
-            st = AppState(settings, pool, redis, make_celery_app(settings), embedder, table)
+            # The registry's active model, loaded here; search never loads one per request.
+            models = ServedModels(pool, settings)
+            served = await models.start()
+            st = AppState(settings, pool, redis, make_celery_app(settings), models)
             st.background.append(asyncio.create_task(sweep_forever(pool, st.celery, settings)))
+            st.background.append(asyncio.create_task(models.follow()))
             app.state.kensaku = st
-            log.info("api ready: model=%s table=%s", embedder.name, table.table)
+            log.info("api ready: model=%s table=%s", served.embedder.name, served.table.table)
             yield
         finally:
             await _shut_down(st, pool, redis, settings.shutdown_timeout_seconds)

@@ -1,4 +1,4 @@
-"""What the API process holds for its lifetime: pool, model, broker clients, sweeper."""
+"""What the API process holds for its lifetime: pool, models, broker clients, sweeper."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ import asyncpg
 import redis.asyncio as aioredis
 from celery import Celery
 
+from api.models import Served, ServedModels
 from shared.config import Settings
-from shared.db.embeddings import ModelTable
-from shared.embed.embedder import Embedder
 from shared.search import CollectionCache
 
 
@@ -21,7 +20,14 @@ class AppState:
     pool: asyncpg.Pool
     redis: aioredis.Redis
     celery: Celery
-    embedder: Embedder
-    table: ModelTable
+    models: ServedModels
     collections: CollectionCache = field(default_factory=CollectionCache)
     background: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def served(self) -> Served:
+        """The model a request uses, taken once per request (api/models.py)."""
+        served = self.models.current
+        if served is None:
+            raise RuntimeError("the API serves no model yet")
+        return served

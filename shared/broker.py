@@ -22,11 +22,14 @@ ALL_QUEUES = (PREP_QUEUE, EMBED_QUEUE, MAINTAIN_QUEUE)
 PREP_TASK = "kensaku.prep"
 EMBED_TASK = "kensaku.embed"
 FINALIZE_TASK = "kensaku.finalize"
+# Vectors of indexed documents for a model being switched to (shared/ingest/switch.py).
+FILL_TASK = "kensaku.fill"
 
 # CPU preprocessing and (GPU) embedding scale separately, each on its own queue.
 TASK_ROUTES: dict[str, dict[str, str]] = {
     PREP_TASK: {"queue": PREP_QUEUE},
     EMBED_TASK: {"queue": EMBED_QUEUE},
+    FILL_TASK: {"queue": EMBED_QUEUE},
     FINALIZE_TASK: {"queue": MAINTAIN_QUEUE},
 }
 
@@ -124,6 +127,18 @@ def enqueue_embed_batches(app: Celery, batches: list[list[int]], job_id: str | N
                 EMBED_TASK,
                 args=[batch],
                 kwargs={"job_id": job_id},
+                queue=EMBED_QUEUE,
+                producer=producer,
+            )
+
+
+def enqueue_fill(app: Celery, batches: list[list[int]], model: str) -> None:
+    with app.producer_or_acquire() as producer:
+        for batch in batches:
+            app.send_task(
+                FILL_TASK,
+                args=[batch],
+                kwargs={"model": model},
                 queue=EMBED_QUEUE,
                 producer=producer,
             )

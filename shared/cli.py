@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from shared.cli_models import add_commands as add_model_commands
 from shared.config import get_settings
 
 
@@ -78,40 +79,6 @@ def cmd_build_pgvector(args: argparse.Namespace) -> int:
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kensaku"
     built = build(cache, force=args.force)
     print("portable pgvector installed" if built else "portable pgvector already installed")
-    return 0
-
-
-def cmd_reembed(args: argparse.Namespace) -> int:
-    """Fill the configured model's table from existing chunks, after a model change; documents
-    whose chunks were cut for another tokenizer or budget are prepped again first."""
-    import asyncpg
-
-    from shared.broker import enqueue_embed, enqueue_prep, make_celery_app
-    from shared.db.queries import Q
-    from shared.embed.embedder import load_embedder, load_token_counter
-
-    settings = get_settings()
-    # The chunker is all this needs: a transformer's tokenizer, not the model.
-    embedder = load_token_counter(settings) or load_embedder(settings)
-    chunker = embedder.chunker(settings.chunk_tokens, settings.chunk_overlap_tokens)
-
-    async def requeue() -> list[asyncpg.Record]:
-        conn = await asyncpg.connect(settings.database_url)
-        try:
-            return list(await conn.fetch(Q.requeue_for_embed, args.collection, chunker))
-        finally:
-            await conn.close()
-
-    rows = asyncio.run(requeue())
-    app = make_celery_app(settings)
-    embed_ids = [r["id"] for r in rows if r["status"] == "prepped"]
-    prep_ids = [r["id"] for r in rows if r["status"] == "queued"]
-    enqueue_embed(app, embed_ids, settings.prep_batch_size)
-    enqueue_prep(app, prep_ids, settings.prep_batch_size)
-    print(
-        f"re-embedding {len(rows)} documents with {embedder.name}: {len(embed_ids)} from their "
-        f"chunks, {len(prep_ids)} cut again first (chunked for another tokenizer or budget)"
-    )
     return 0
 
 
@@ -328,9 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     pgv.add_argument("--force", action="store_true")
     pgv.set_defaults(func=cmd_build_pgvector)
 
-    re_ = sub.add_parser("reembed", help="re-embed indexed documents with the configured model")
-    re_.add_argument("--collection", help="only this collection (default: all)")
-    re_.set_defaults(func=cmd_reembed)
+    add_model_commands(sub, msub)
 
     sv = sub.add_parser("serve", help="run the API (host/port from KENSAKU_HOST/KENSAKU_PORT)")
     sv.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")

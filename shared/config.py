@@ -98,6 +98,8 @@ class Settings(BaseSettings):
     # Largest number of model tokens one encode batch may hold (length-sorted batches).
     embed_token_budget: int = Field(16_384, ge=64)
     trust_remote_code: bool = False
+    # How often the API looks at the model registry to follow a switch (shared/db/registry.py).
+    model_poll_seconds: float = Field(1.0, gt=0, le=60)
 
     # --- vectors --------------------------------------------------------------------------
     # What one vector stands for: "sentence" (each sentence of a chunk, with the title) or

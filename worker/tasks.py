@@ -21,6 +21,7 @@ from celery import Task
 
 from shared.broker import (
     EMBED_TASK,
+    FILL_TASK,
     FINALIZE_TASK,
     PREP_TASK,
     embed_batches,
@@ -111,21 +112,24 @@ def prep(self: Task, doc_ids: list[int], job_id: str | None = None) -> dict[str,
                 # Redelivered with documents tried before: one task each isolates a poison one.
                 enqueue_prep(app, claim.split, 1, job_id)
                 return {"split": len(claim.split), "failed": len(claim.failed)}
+            model = rt.active()
             # A model that embeds the pipeline's lexemes runs inside prep (shared/ingest/prep.py).
-            inline = InlineEmbedding(rt.embedder, rt.table) if rt.counter.takes_lexemes else None
+            inline = (
+                InlineEmbedding(model.embedder, model.table)
+                if model.counter.takes_lexemes
+                else None
+            )
             result = rt.run(
                 prep_documents(
                     rt.pool,
                     claim.run,
-                    count_tokens=rt.counter.count_tokens,
-                    max_tokens=rt.counter.chunk_tokens(rt.settings.chunk_tokens),
+                    count_tokens=model.counter.count_tokens,
+                    max_tokens=model.counter.chunk_tokens(rt.settings.chunk_tokens),
                     overlap_tokens=rt.settings.chunk_overlap_tokens,
                     lexical=LexicalParams.from_settings(rt.settings),
                     inline=inline,
                     max_text_bytes=rt.settings.max_document_bytes,
-                    chunker=rt.counter.chunker(
-                        rt.settings.chunk_tokens, rt.settings.chunk_overlap_tokens
-                    ),
+                    chunker=model.chunker(),
                 )
             )
         if result.prepped:
@@ -150,10 +154,10 @@ def embed(self: Task, doc_ids: list[int], job_id: str | None = None) -> dict[str
             if claim.split:
                 enqueue_embed(app, claim.split, 1, job_id)
                 return {"split": len(claim.split), "failed": len(claim.failed)}
-            chunker = rt.embedder.chunker(
-                rt.settings.chunk_tokens, rt.settings.chunk_overlap_tokens
+            model = rt.active()
+            result = rt.run(
+                embed_documents(rt.pool, model.embedder, model.table, claim.run, model.chunker())
             )
-            result = rt.run(embed_documents(rt.pool, rt.embedder, rt.table, claim.run, chunker))
         if result.reprep:
             enqueue_prep(app, result.reprep, rt.settings.prep_batch_size, job_id)
         _finalize_finished(rt, result.jobs | claim.jobs)
@@ -163,6 +167,26 @@ def embed(self: Task, doc_ids: list[int], job_id: str | None = None) -> dict[str
             "skipped": result.skipped + claim.held,
             "chunks": result.chunks,
         }
+
+
+@app.task(
+    name=FILL_TASK,
+    bind=True,
+    autoretry_for=(Exception,),
+    retry_backoff=2,
+    retry_jitter=True,
+    max_retries=5,
+)
+def fill(self: Task, doc_ids: list[int], model: str) -> dict[str, int]:
+    """Vectors of indexed documents for ``model``, the one being switched to. Idempotent and
+    claim-free: what a lost or failed task leaves out, the switch finds and sends again."""
+    rt = Runtime.for_process()
+    if model not in rt.serving().names:
+        log.info("fill for %s skipped: it is no longer being built", model)
+        return {"indexed": 0, "skipped": len(doc_ids), "chunks": 0}
+    slot = rt.model(model)
+    result = rt.run(embed_documents(rt.pool, slot.embedder, slot.table, doc_ids, fill=True))
+    return {"indexed": 0, "skipped": result.skipped, "chunks": result.chunks}
 
 
 @app.task(
@@ -180,4 +204,4 @@ def finalize(self: Task, job_id: str) -> bool:
     # Giving up loses nothing: the sweeper sends unfinished jobs here again.
     with bind(job_id=job_id):
         rt = Runtime.for_process()
-        return rt.run(finalize_job(rt.pool, rt.table, rt.settings, uuid.UUID(job_id)))
+        return rt.run(finalize_job(rt.pool, rt.active().table, rt.settings, uuid.UUID(job_id)))

@@ -43,15 +43,16 @@ async def readyz(st: State) -> JSONResponse:
     except Exception as exc:
         log.warning("readyz: broker: %s: %s", type(exc).__name__, exc)
         checks["broker"] = "unavailable"
-    checks["model"] = st.embedder.name
+    served = st.served
+    checks["model"] = served.embedder.name
     checks["embedding"] = {
-        "model": st.embedder.name,
-        "backend": st.embedder.backend,
-        "device": st.embedder.device,
-        "dimension": st.embedder.dimension,
-        "vector_unit": st.table.vector_unit,
-        "index": st.table.index_kind,
-        "dimensions_stored": st.table.dimensions_stored,
+        "model": served.embedder.name,
+        "backend": served.embedder.backend,
+        "device": served.embedder.device,
+        "dimension": served.embedder.dimension,
+        "vector_unit": served.table.vector_unit,
+        "index": served.table.index_kind,
+        "dimensions_stored": served.table.dimensions_stored,
     }
     ready = checks["database"] == "ok" and checks["broker"] == "ok"
     body = Readiness.model_validate({"ready": ready, **checks}).model_dump()

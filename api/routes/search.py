@@ -96,10 +96,14 @@ class SearchResponse(BaseModel):
     hits: list[Hit]
     took_ms: float
     mode: Mode
+    model: str = Field(description="The embedding model the search used: the active one")
 
 
 @router.post("/search", summary="Vector, lexical or hybrid search over a collection")
 async def search_route(st: State, body: SearchRequest) -> SearchResponse:
     params = SearchParams(body.query, body.collection, body.top_k, body.mode, body.filter)
-    found = await search(st.pool, st.embedder, st.table, st.settings, params, st.collections)
-    return SearchResponse.model_validate(found)
+    served = st.served  # one model for the whole request, whatever a switch does meanwhile
+    found = await search(
+        st.pool, served.embedder, served.table, st.settings, params, st.collections
+    )
+    return SearchResponse.model_validate(found | {"model": served.table.model})

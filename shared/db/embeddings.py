@@ -181,9 +181,9 @@ async def ensure_model_table(
     vector_unit: str,
     query_prompt: str | None,
     document_prompt: str | None,
-    activate: bool = True,
 ) -> ModelTable:
-    """Register the model (once), create its table, check the dimension and the unit."""
+    """Register the model (once), create its table, check the dimension and the unit. The first
+    model registered in a database becomes its active one (shared/db/registry.py)."""
     if not 0 < dimension <= MAX_DIMENSION:
         raise ConfigError(f"model {model!r}: {dimension} dimensions, pgvector indexes 1–4,000")
     async with pool.acquire() as conn, conn.transaction():
@@ -221,8 +221,7 @@ async def ensure_model_table(
                 f"table {mt.table} has column type {actual}, expected {mt.vector_type} "
                 f"for model {model!r}"
             )
-        if activate:
-            await conn.execute(Q.activate_model, model)
+        await conn.execute(Q.activate_if_none, model)
         return mt
 
 
@@ -241,8 +240,8 @@ async def register_embedder(
     index_kind: str = "hnsw_halfvec",
     index_dimensions: int = 0,
 ) -> ModelTable:
-    """``ensure_model_table`` for a loaded model, which is then the active one; its partitions
-    get ``index_kind`` indexes over ``index_dimensions`` of the vectors (0: all)."""
+    """``ensure_model_table`` for a loaded model; its partitions get ``index_kind`` indexes over
+    ``index_dimensions`` of the vectors (0: all)."""
     table = await ensure_model_table(
         pool,
         model=embedder.name,

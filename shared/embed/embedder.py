@@ -313,6 +313,11 @@ def _resolve(settings: Settings) -> tuple[str, str, bool]:
     return ref, ref, settings.trust_remote_code
 
 
+def model_name(settings: Settings) -> str:
+    """The registry name of the model ``settings.model`` refers to ("minilm" is an alias)."""
+    return _resolve(settings)[1]
+
+
 def _minilm_path_or_none() -> Path | None:
     try:
         return _minilm_path().resolve()

@@ -17,6 +17,7 @@ import numpy as np
 from shared import metrics
 from shared.db.embeddings import ModelTable, ensure_partition, replace_embeddings
 from shared.db.queries import Q
+from shared.db.registry import guard_active
 from shared.db.retry import retry_transaction
 from shared.text.pipeline import embedding_input, unit_texts
 
@@ -55,11 +56,18 @@ async def embed_documents(
     table: ModelTable,
     doc_ids: list[int],
     chunker: str | None = None,
+    *,
+    fill: bool = False,
 ) -> EmbedResult:
     """``chunker``: the encoder's (``Embedder.chunker``). Documents cut by another one go back
-    to prep rather than have the model truncate chunks sized for a different tokenizer."""
+    to prep rather than have the model truncate chunks sized for a different tokenizer.
+
+    The active model's vectors of prepped documents, which are then indexed; or with ``fill``,
+    the vectors of indexed documents for a model being switched to (shared/ingest/switch.py),
+    which leaves their status alone."""
     result = EmbedResult()
-    rows = await pool.fetch(Q.load_for_embed, doc_ids)
+    status = "indexed" if fill else "prepped"
+    rows = await pool.fetch(Q.load_for_embed, doc_ids, status)
     foreign = {r["document_id"] for r in rows if chunker and r["chunker"] not in (None, chunker)}
     # Sent back once; a second time (prep and embed disagree) it is embedded as it is.
     stale = sorted(
@@ -101,11 +109,13 @@ async def embed_documents(
         await ensure_partition(pool, table, collection_id)
 
     async def write(conn: asyncpg.Connection) -> None:
+        if not fill:
+            # Documents become indexed for the active model only: a switch waits for this write,
+            # or this write sees the switch (the task then runs again for the new model).
+            await guard_active(conn, table.model)
         current = await conn.fetch(Q.lock_versions, list(versions))
         live = {
-            r["id"]
-            for r in current
-            if r["version"] == versions[r["id"]] and r["status"] == "prepped"
+            r["id"] for r in current if r["version"] == versions[r["id"]] and r["status"] == status
         }
         by_collection: dict[int, list[tuple[int, int, np.ndarray]]] = {}
         chunk_ids: dict[int, list[int]] = {}
@@ -125,6 +135,8 @@ async def embed_documents(
         result.indexed = sorted(live)
         result.skipped += len(versions) - len(live)
         result.chunks = sum(len(v) for v in chunk_ids.values())
+        if fill:
+            return
         await conn.execute(Q.mark_indexed, result.indexed)
         result.jobs = {r["job_id"] for r in current if r["id"] in live and r["job_id"]}
         # In the same transaction: if encoding fails, the task's retry sees them again.

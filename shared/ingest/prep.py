@@ -30,6 +30,7 @@ from shared import metrics
 from shared.config import Settings
 from shared.db.embeddings import ModelTable, ensure_partition
 from shared.db.queries import Q
+from shared.db.registry import guard_active
 from shared.db.retry import retry_transaction
 from shared.files.extract import Extracted, ExtractionError, extract
 from shared.files.formats import Format
@@ -253,6 +254,8 @@ async def prep_documents(
         result.failed.clear()
         result.chunks = 0
         result.chunk_counts.clear()
+        if inline is not None:  # writes the active model's vectors (shared/db/registry.py)
+            await guard_active(conn, inline.table.model)
         current = await conn.fetch(Q.lock_versions, list(by_id))
         # Only the version we read gets our chunks; a newer upload is queued again anyway.
         live = {

@@ -70,10 +70,11 @@ WHERE id = $1 AND version = $3;
 INSERT INTO ingest_errors (document_id, job_id, stage, message) VALUES ($1, $2, $3, $4);
 
 -- name: load_for_embed
+-- $2: 'prepped' (to embed for the active model) or 'indexed' (to fill a model switched to).
 SELECT c.id AS chunk_id, c.document_id, c.collection_id, c.text, d.title, d.version, d.chunker,
        d.chunker_bounces
 FROM chunks c JOIN documents d ON d.id = c.document_id
-WHERE d.id = ANY($1::bigint[]) AND d.status = 'prepped'
+WHERE d.id = ANY($1::bigint[]) AND d.status = $2::document_status
 ORDER BY c.id;
 
 -- name: lock_claims

@@ -12,9 +12,6 @@ INSERT INTO embedding_models (name, table_name, dimension, backend, vector_unit,
 VALUES ($1, $2, $3, $4, $5, $6, $7)
 ON CONFLICT (name) DO NOTHING;
 
--- name: activate_model
-UPDATE embedding_models SET active = (name = $1) WHERE active OR name = $1;
-
 -- name: table_column_type
 SELECT format_type(a.atttypid, a.atttypmod) AS type
 FROM pg_attribute a
