@@ -26,6 +26,16 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("--queries", type=Path)
     em.add_argument("--docs", type=int, default=2000, help="paragraphs in the quality sample")
     em.add_argument("--sample-queries", type=int, default=400)
+    em.add_argument("--no-workers", action="store_true", help="skip the worker start per backend")
+    ve = sub.add_parser(
+        "vectors", help="vector index options at scale: load, build, recall, latency"
+    )
+    ve.add_argument("--corpus", type=Path, required=True, help="sentences to embed (ja_dev)")
+    ve.add_argument("--queries", type=Path, required=True)
+    ve.add_argument("--rows", default="100000", help="comma-separated sizes, e.g. 100000,1000000")
+    ve.add_argument("--index", default="hnsw,hnsw_halfvec,hnsw_binary,ivfflat")
+    ve.add_argument("--dimensions", default="0", help="KENSAKU_VECTOR_DIMENSIONS values (0: all)")
+    ve.add_argument("--sample-queries", type=int, default=200)
     tu = sub.add_parser("tune", help="fit BM25 and fusion parameters in-process")
     tu.add_argument("--corpus", type=Path, required=True)
     tu.add_argument("--queries", type=Path, required=True)
@@ -53,7 +63,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "embed":
         from bench.embed import main as embed
 
-        return embed(args.corpus, args.queries, args.docs, args.sample_queries)
+        return embed(
+            args.corpus, args.queries, args.docs, args.sample_queries, workers=not args.no_workers
+        )
+    if args.what == "vectors":
+        from bench.vectors import main as vectors
+
+        return vectors(
+            args.corpus,
+            args.queries,
+            rows=[int(x) for x in args.rows.split(",")],
+            kinds=args.index.split(","),
+            dimensions=[int(x) for x in args.dimensions.split(",")],
+            n_queries=args.sample_queries,
+        )
     if args.what == "tune":
         from bench.tune import main as tune
 

@@ -8,7 +8,9 @@ On the same Japanese texts in one run:
   extras are installed): batch texts/s and model tokens/s on every core, one-query latency on
   one thread (the API's query path), cold start (a new process to its first query vector, the
   export already cached), the mean cosine of each backend's vectors to torch's, and with
-  ``--corpus``/``--queries`` the MRR@10 of exact cosine ranking on a sample of that set.
+  ``--corpus``/``--queries`` the MRR@10 of exact cosine ranking on a sample of that set; and
+  on an embedded stack, a worker's start to its first document indexed, per backend
+  (``--no-workers`` skips it).
 
 Texts: the ja_eval passages and the sample corpus (title + text), else a built-in sample.
 """
@@ -20,6 +22,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -138,6 +141,44 @@ def cold_start(settings: Settings, backend: str) -> float:
     return time.perf_counter() - started
 
 
+def worker_start(settings: Settings, backends: list[str]) -> dict[str, float]:
+    """Seconds from spawning a Celery worker on each backend to its first document indexed and
+    the job done: the message waits in the broker, so this is the worker's start, its first
+    prep and embed tasks (the model loaded by the first task that needs it, the export cached)
+    and the finalize, as a freshly started or scaled-out worker pays them. One embedded stack;
+    the API stays on torch."""
+    import httpx
+
+    from shared.stack.stack import Stack, settings_env
+
+    doc = {"id": "w", "title": "東京", "text": _FALLBACK[0]}
+    seconds: dict[str, float] = {}
+    with (
+        tempfile.TemporaryDirectory(prefix="kensaku-bench-") as tmp,
+        Stack(
+            Path(tmp), flower=False, worker_concurrency=1, extra_env=settings_env(settings)
+        ) as stack,
+        httpx.Client(base_url=stack.api_url, timeout=60) as api,
+    ):
+        stack.procs.pop("worker").stop()
+        for backend in backends:
+            resp = api.post("/v1/documents", json={"collection": backend, "documents": [doc]})
+            resp.raise_for_status()
+            job = resp.json()["job_id"]
+            stack.extra_env["KENSAKU_BACKEND"] = backend
+            started = time.perf_counter()
+            worker = stack.start_worker()
+            try:
+                while api.get(f"/v1/jobs/{job}").json()["status"] not in ("done", "failed"):
+                    if not worker.alive():
+                        raise RuntimeError(f"the {backend} worker exited:\n{worker.tail()}")
+                    time.sleep(0.05)
+                seconds[backend] = time.perf_counter() - started
+            finally:
+                stack.procs.pop("worker").stop()
+    return seconds
+
+
 def query_latency(embedder: Embedder, queries: list[str]) -> dict[str, float]:
     """One short query at a time, as the API encodes them (its encoder has one thread)."""
     times = []
@@ -193,6 +234,7 @@ def run(
     settings: Settings | None = None,
     texts: list[str] | None = None,
     quality: tuple[list[dict[str, str]], list[Query]] | None = None,
+    workers: bool = True,
 ) -> dict[str, Any]:
     settings = settings or get_settings()
     texts = [normalize(t) for t in (texts or default_texts())]
@@ -236,6 +278,10 @@ def run(
         else:
             stats["cosine_to_torch"] = float(np.mean(np.sum(vectors * reference, axis=1)))
         result["backends"][backend] = stats
+    if workers:
+        ok = [b for b, st in result["backends"].items() if "error" not in st]
+        for backend, secs in worker_start(settings, ok).items():
+            result["backends"][backend]["worker_start_s"] = secs
     return result
 
 
@@ -248,7 +294,7 @@ def print_report(result: dict[str, Any]) -> None:
     print(f"embedding (batches on {result['cores']} threads; queries one at a time, 1 thread):")
     print(
         f"  {'backend':<14} {'texts/s':>8} {'tokens/s':>9} {'query p50':>10} {'p95 ms':>7} "
-        f"{'cold s':>7} {'cos':>6} {'MRR@10':>7}"
+        f"{'cold s':>7} {'worker s':>9} {'cos':>6} {'MRR@10':>7}"
     )
     for backend, s in result["backends"].items():
         if "error" in s:
@@ -256,18 +302,27 @@ def print_report(result: dict[str, Any]) -> None:
             continue
         cos = f"{s['cosine_to_torch']:.4f}" if "cosine_to_torch" in s else "-"
         mrr = f"{s['mrr@10']:.4f}" if "mrr@10" in s else "-"
+        worker = f"{s['worker_start_s']:.2f}" if "worker_start_s" in s else "-"
         print(
             f"  {backend:<14} {s['texts_per_s']:>8,.1f} {s['tokens_per_s']:>9,.0f} "
             f"{s['query_p50_ms']:>10.2f} {s['query_p95_ms']:>7.2f} {s['cold_start_s']:>7.2f} "
-            f"{cos:>6} {mrr:>7}"
+            f"{worker:>9} {cos:>6} {mrr:>7}"
         )
+    print(
+        "  cold s: a new process to its first query vector; worker s: a worker spawned to its "
+        "first document indexed (job done)"
+    )
 
 
 def main(
-    corpus: Path | None = None, queries: Path | None = None, docs: int = 2000, n: int = 400
+    corpus: Path | None = None,
+    queries: Path | None = None,
+    docs: int = 2000,
+    n: int = 400,
+    workers: bool = True,
 ) -> int:
     sample = quality_sample(corpus, queries, docs, n) if corpus and queries else None
-    result = run(quality=sample)
+    result = run(quality=sample, workers=workers)
     print_report(result)
     return 0
 

@@ -1,0 +1,240 @@
+"""``kensaku bench vectors``: the vector index options at scale, side by side in one run.
+
+Vectors: the default model's, of every sentence of a corpus (title + sentence, as kensaku
+embeds them; ja_dev gives about 60,000), then, up to ``--rows``, the normalized sum of two
+random real sentence vectors, which for this bag-of-words model is the vector of the two
+sentences written together. Queries: the corpus's questions, encoded as the API encodes them.
+
+For each KENSAKU_VECTOR_INDEX kind and each KENSAKU_VECTOR_DIMENSIONS value, on an embedded
+PostgreSQL with one partition, as a collection's is: binary COPY load in rows/s, the index build
+(kensaku's own `build_vector_index`) in seconds, table and index size, recall@10 of kensaku's
+vector SQL (search.sql's vector fragment, with its re-ranking where the index is approximate)
+against exact cosine ranking in numpy, and latency p50/p95 at concurrency 1 and 8.
+
+The machine is shared and noisy: compare figures within one run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import numpy as np
+
+from shared.config import Settings, get_settings
+from shared.db.embeddings import ModelTable, ensure_model_table, ensure_partition
+from shared.db.migrate import migrate
+from shared.db.pool import create_pool
+from shared.db.queries import Q
+from shared.embed.embedder import load_embedder
+from shared.evaluate import load_queries, percentile, read_corpus
+from shared.ingest.finalize import build_vector_index
+from shared.stack.services import start_postgres
+from shared.text.normalize import normalize
+from shared.text.pipeline import embedding_input, unit_texts
+
+COLLECTION_ID = 1
+TOP_K = 10
+
+
+def corpus_vectors(corpus: Path, queries: Path, rows: int, n_queries: int, seed: int = 7) -> Any:
+    """(rows × d float32 unit vectors, n_queries × d query vectors, how many are real)."""
+    embedder = load_embedder(get_settings())
+    texts = [
+        embedding_input(d["title"], s)
+        for d in read_corpus(corpus)
+        for s in unit_texts(normalize(d["text"]))
+    ]
+    real = embedder.encode_documents(texts[:rows]).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    extra = rows - len(real)
+    if extra > 0:
+        a, b = rng.integers(0, len(real), size=(2, extra))
+        mixed = real[a] + real[b]
+        mixed /= np.linalg.norm(mixed, axis=1, keepdims=True)
+        vectors = np.vstack([real, mixed])
+    else:
+        vectors = real
+    picked = random.Random(seed).sample(load_queries(queries), n_queries)
+    q = np.stack([embedder.encode_query(normalize(x.text)) for x in picked]).astype(np.float32)
+    return vectors, q, min(len(real), rows)
+
+
+def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int = TOP_K) -> list[set[int]]:
+    """Exact cosine top k of every query over the vectors as stored (half precision)."""
+    stored = vectors.astype(np.float16).astype(np.float32)
+    stored /= np.linalg.norm(stored, axis=1, keepdims=True)
+    out: list[set[int]] = []
+    for start in range(0, len(queries), 64):
+        scores = queries[start : start + 64] @ stored.T
+        top = np.argpartition(-scores, k, axis=1)[:, :k]
+        out.extend(set(map(int, row)) for row in top)
+    return out
+
+
+def search_sql(table: ModelTable, rerank: int) -> str:
+    """kensaku's vector fragment (shared/db/sql/search.sql) over the partition, ids only."""
+    fragment = Q.fragment_vector_rerank if table.reranks else Q.fragment_vector
+    sql = (
+        "WITH "
+        + fragment.replace("{vector_order}", table.vector_order)
+        + " SELECT chunk_id FROM vector_hits ORDER BY cosine DESC LIMIT $2"
+    )
+    sql = sql.replace("{vector_filter}", "").replace("{rerank}", str(rerank))
+    sql = sql.replace("LIMIT $3", "LIMIT $2").replace("$3 *", "$2 *").replace("{vec}", "$1")
+    return table.sql(sql, COLLECTION_ID)
+
+
+async def _latencies(
+    pool: asyncpg.Pool, sql: str, queries: np.ndarray, concurrency: int
+) -> list[float]:
+    times: list[float] = []
+    order = list(range(len(queries)))
+
+    async def client(part: list[int]) -> None:
+        for i in part:
+            started = time.perf_counter()
+            await pool.fetch(sql, queries[i], TOP_K)
+            times.append(time.perf_counter() - started)
+
+    await asyncio.gather(*(client(order[c::concurrency]) for c in range(concurrency)))
+    return times
+
+
+async def measure(
+    settings: Settings,
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    truth: list[set[int]],
+    kinds: list[str],
+    dimensions: list[int],
+) -> list[dict[str, Any]]:
+    results = []
+    pool = await create_pool(settings, min_size=1, role="worker")
+    try:
+        base = await ensure_model_table(
+            pool,
+            model="kensaku-bench/vectors",
+            dimension=vectors.shape[1],
+            backend="torch",
+            vector_unit="chunk",
+            query_prompt=None,
+            document_prompt=None,
+        )
+        for kind in kinds:
+            for dims in dimensions:
+                table = dataclasses.replace(base, index_kind=kind, index_dimensions=dims)
+                results.append(await _one(pool, settings, table, vectors, queries, truth))
+                r = results[-1]
+                print(
+                    f"  {kind:<13} {r['dimensions']:>5} {r['load_rows_per_s']:>9,.0f} "
+                    f"{r['build_s']:>8.1f} {r['table_mb']:>8.1f} {r['index_mb']:>8.1f} "
+                    f"{r['recall@10']:>7.3f} {r['p50_ms_c1']:>7.2f} {r['p95_ms_c1']:>7.2f} "
+                    f"{r['p50_ms_c8']:>7.2f} {r['p95_ms_c8']:>7.2f}",
+                    flush=True,
+                )
+    finally:
+        await pool.close()
+    return results
+
+
+async def _one(
+    pool: asyncpg.Pool,
+    settings: Settings,
+    table: ModelTable,
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    truth: list[set[int]],
+) -> dict[str, Any]:
+    partition = table.partition(COLLECTION_ID)
+    await pool.execute(f"DROP TABLE IF EXISTS {partition}")
+    await ensure_partition(pool, table, COLLECTION_ID)
+    started = time.perf_counter()
+    async with pool.acquire() as conn:
+        for at in range(0, len(vectors), 50_000):
+            await conn.copy_records_to_table(
+                partition,
+                records=(
+                    (i, 0, COLLECTION_ID, vectors[i].astype(np.float16))
+                    for i in range(at, min(at + 50_000, len(vectors)))
+                ),
+                columns=["chunk_id", "unit", "collection_id", "embedding"],
+            )
+    load_s = time.perf_counter() - started
+    await pool.execute(f"VACUUM (ANALYZE) {partition}")
+    started = time.perf_counter()
+    async with pool.acquire() as conn:
+        await conn.execute(Q.set_session, "statement_timeout", "0")
+        built = await build_vector_index(conn, table, COLLECTION_ID, settings)
+        await conn.execute(Q.reset_statement_timeout)
+    build_s = time.perf_counter() - started
+    assert built, f"no index built for {table.index_kind}"
+    sql = search_sql(table, settings.binary_rerank_factor)
+    plan = "\n".join(r[0] for r in await pool.fetch("EXPLAIN " + sql, queries[0], TOP_K))
+    assert table.index(COLLECTION_ID) in plan, plan  # the index is what answers
+    found = [{r["chunk_id"] for r in await pool.fetch(sql, q, TOP_K)} for q in queries]
+    recall = float(np.mean([len(f & t) / TOP_K for f, t in zip(found, truth, strict=True)]))
+    await _latencies(pool, sql, queries[:20], 1)  # warm the index's pages
+    c1 = await _latencies(pool, sql, queries, 1)
+    c8 = await _latencies(pool, sql, queries, 8)
+    sizes = await pool.fetchrow(
+        "SELECT pg_table_size($1::regclass) AS t, pg_relation_size($2::regclass) AS i",
+        partition,
+        table.index(COLLECTION_ID),
+    )
+    return {
+        "index": table.index_kind,
+        "dimensions": table.dimensions_stored,
+        "rows": len(vectors),
+        "load_rows_per_s": len(vectors) / load_s,
+        "build_s": build_s,
+        "table_mb": sizes["t"] / 2**20,
+        "index_mb": sizes["i"] / 2**20,
+        "recall@10": recall,
+        "p50_ms_c1": 1000 * percentile(c1, 50),
+        "p95_ms_c1": 1000 * percentile(c1, 95),
+        "p50_ms_c8": 1000 * percentile(c8, 50),
+        "p95_ms_c8": 1000 * percentile(c8, 95),
+    }
+
+
+def main(
+    corpus: Path,
+    queries: Path,
+    rows: list[int],
+    kinds: list[str],
+    dimensions: list[int],
+    n_queries: int = 200,
+) -> int:
+    base = get_settings()
+    vectors_all, q, real = corpus_vectors(corpus, queries, max(rows), n_queries)
+    with tempfile.TemporaryDirectory(prefix="kensaku-bench-") as tmp:
+        pg = start_postgres(Path(tmp) / "postgres")
+        try:
+            asyncio.run(migrate(pg.url))
+            for n in rows:
+                vectors = vectors_all[:n]
+                print(
+                    f"{n:,} vectors of {vectors.shape[1]} dimensions ({min(real, n):,} real "
+                    f"sentences, the rest sums of two), {len(q)} real questions, top {TOP_K}, "
+                    f"ef_search {base.hnsw_ef_search}, probes {base.ivfflat_probes}, "
+                    f"re-rank × {base.binary_rerank_factor}",
+                    flush=True,
+                )
+                truth = exact_top(vectors, q)
+                print(
+                    f"  {'index':<13} {'dims':>5} {'load r/s':>9} {'build s':>8} {'table MB':>8} "
+                    f"{'index MB':>8} {'rec@10':>7} {'p50 c1':>7} {'p95 c1':>7} {'p50 c8':>7} "
+                    f"{'p95 c8':>7}"
+                )
+                settings = base.model_copy(update={"database_url": pg.url, "hnsw_min_rows": 0})
+                asyncio.run(measure(settings, vectors, q, truth, kinds, dimensions))
+        finally:
+            pg.stop()
+    return 0
