@@ -9,7 +9,7 @@ STAMP := $(VENV)/.kensaku-installed
 BENCH_STAMP := $(VENV)/.kensaku-bench-installed
 MODEL_STAMP := .models/.built
 
-.PHONY: install model run test lint typecheck bench-ingest bench-embed bench-search clean
+.PHONY: install model run test lint typecheck bench-ingest bench-embed bench-search bench-vectors clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "kensaku needs Python >= 3.11"'
@@ -63,6 +63,9 @@ bench-embed: $(MODEL_STAMP) $(BENCH_STAMP)
 
 bench-search: $(MODEL_STAMP) $(BENCH_STAMP)
 	$(BIN)/kensaku bench search --corpus $(CORPUS) --queries $(QUERIES)
+
+bench-vectors: $(MODEL_STAMP) $(BENCH_STAMP)
+	$(BIN)/kensaku bench vectors --corpus $(CORPUS) --queries $(QUERIES) --dimensions 0,150
 
 clean:
 	rm -rf $(VENV) .models .data

@@ -355,7 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=cmd_eval)
 
     be = sub.add_parser(
-        "bench", help="benchmarks: kensaku bench search|ingest|embed|tune|tables (kensaku-bench)"
+        "bench",
+        help="benchmarks: kensaku bench search|ingest|embed|vectors|tune|tables (kensaku-bench)",
     )
     be.set_defaults(func=cmd_bench)
     return p

@@ -59,12 +59,14 @@ SEARCH_MODES = ("vector", "lexical", "hybrid")
 # --- event metrics ----------------------------------------------------------------------------
 DOCUMENTS_INGESTED = Counter(
     "kensaku_documents_ingested",
-    "Documents through a pipeline stage: api (accepted), prep (chunked), embed (indexed)",
+    "Documents through a pipeline stage: api (accepted), prep (chunked), embed (indexed), "
+    "fill (embedded for a model being switched to)",
     ["stage"],
 )
 CHUNKS_INGESTED = Counter(
     "kensaku_chunks_ingested",
-    "Chunks written by prep (stage=prep) and embedded (stage=embed)",
+    "Chunks written by prep (stage=prep), embedded (stage=embed), or embedded for a model being "
+    "switched to (stage=fill)",
     ["stage"],
 )
 FAILURES = Counter(

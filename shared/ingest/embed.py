@@ -143,6 +143,7 @@ async def embed_documents(
         await send_back(conn)
 
     await retry_transaction(pool, write)
-    metrics.DOCUMENTS_INGESTED.labels("embed").inc(len(result.indexed))
-    metrics.CHUNKS_INGESTED.labels("embed").inc(result.chunks)
+    stage = "fill" if fill else "embed"
+    metrics.DOCUMENTS_INGESTED.labels(stage).inc(len(result.indexed))
+    metrics.CHUNKS_INGESTED.labels(stage).inc(result.chunks)
     return result

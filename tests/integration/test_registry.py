@@ -1,0 +1,100 @@
+"""The model registry on the shared stack: registering a model never makes it active, and a
+vector write for a model that is no longer active fails (its task then runs again for the new
+one) instead of marking documents indexed in a table search no longer reads."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+
+from shared.config import Settings
+from shared.db.embeddings import ModelTable, ensure_model_table
+from shared.db.pool import create_pool
+from shared.db.registry import ModelSwitched, serving
+from shared.embed.embedder import load_embedder
+from shared.ingest.embed import embed_documents
+from shared.ingest.prep import InlineEmbedding, LexicalParams, prep_documents
+from tests.helpers import db_fetch, wait_job
+from tests.integration.test_ingest import make_docs, upload
+
+pytestmark = pytest.mark.integration
+
+
+def _register_other(pool: Any, dimension: int) -> Any:
+    return ensure_model_table(
+        pool,
+        model="kensaku-test/not-active",
+        dimension=dimension,
+        backend="torch",
+        vector_unit="sentence",
+        query_prompt=None,
+        document_prompt=None,
+    )
+
+
+def _doc_ids(stack: Any, collection: str) -> list[int]:
+    rows = db_fetch(
+        stack,
+        "SELECT d.id FROM documents d JOIN collections c ON c.id = d.collection_id "
+        "WHERE c.name = $1 ORDER BY d.id",
+        collection,
+    )
+    return [r["id"] for r in rows]
+
+
+def _statuses(stack: Any, ids: list[int]) -> list[str]:
+    rows = db_fetch(
+        stack, "SELECT status::text AS s FROM documents WHERE id = ANY($1) ORDER BY id", ids
+    )
+    return [r["s"] for r in rows]
+
+
+def test_writes_for_a_model_that_is_not_active_are_refused(
+    stack: Any, api: httpx.Client, collection: str
+) -> None:
+    wait_job(api, upload(api, collection, make_docs(3))["job_id"])
+    ids = _doc_ids(stack, collection)
+    settings = Settings(database_url=stack.database_url, redis_url=stack.redis_url)
+    embedder = load_embedder(settings)
+
+    async def run() -> tuple[str | None, str | None, ModelTable]:
+        pool = await create_pool(settings)
+        try:
+            before = (await serving(pool)).active
+            other = await _register_other(pool, embedder.dimension)
+            after = (await serving(pool)).active
+            # prep with a model's inline embedding, for the model that is not active
+            await pool.execute(
+                "UPDATE documents SET status = 'queued', updated_at = now() WHERE id = $1", ids[0]
+            )
+            with pytest.raises(ModelSwitched):
+                await prep_documents(
+                    pool,
+                    [ids[0]],
+                    count_tokens=embedder.count_tokens,
+                    max_tokens=embedder.chunk_tokens(settings.chunk_tokens),
+                    overlap_tokens=0,
+                    lexical=LexicalParams.from_settings(settings),
+                    inline=InlineEmbedding(embedder, other),
+                    chunker=embedder.chunker(settings.chunk_tokens, 0),
+                )
+            # embed, for the model that is not active
+            await pool.execute(
+                "UPDATE documents SET status = 'prepped', updated_at = now() WHERE id = $1", ids[1]
+            )
+            with pytest.raises(ModelSwitched):
+                await embed_documents(pool, embedder, other, [ids[1]])
+            return before, after, other
+        finally:
+            await pool.close()
+
+    before, after, other = asyncio.run(run())
+    assert before is not None and after == before  # registering did not activate it
+    # Nothing was written or marked: the documents wait for their tasks' next try.
+    assert _statuses(stack, ids) == ["queued", "prepped", "indexed"]
+    rows = db_fetch(stack, f"SELECT count(*) AS n FROM {other.table}")
+    assert rows[0]["n"] == 0
+    db_fetch(stack, "UPDATE documents SET status = 'indexed' WHERE id = ANY($1)", ids[:2])
