@@ -198,22 +198,17 @@ async def search(
             vector = await _encode_query(embedder, params.query, terms)
             sql = table.sql(search_sql(mode, filtered, table, rerank), info.id)
             if mode == "vector":
-                rows = await pool.fetch(sql, *common, vector, timeout=timeout)
-                if filtered and len(rows) < params.top_k:
-                    # An index scan under a selective filter can stop short (pgvector ends an
-                    # iterative scan at hnsw.max_scan_tuples): the exact scan settles whether
-                    # fewer documents match.
-                    rows = await _exact(pool, sql, (*common, vector), timeout)
+                args: tuple[Any, ...] = (*common, vector)
             else:
                 q = lexical_query(terms, settings)
-                rows = await pool.fetch(
-                    sql,
-                    *common,
-                    *_lexical_args(q, settings),
-                    vector,
-                    settings.hybrid_vector_weight,
-                    timeout=timeout,
-                )
+                args = (*common, *_lexical_args(q, settings), vector, settings.hybrid_vector_weight)
+            rows = await pool.fetch(sql, *args, timeout=timeout)
+            if filtered and len(rows) < params.top_k:
+                # An index scan under a selective filter can stop short (pgvector ends an
+                # iterative scan at hnsw.max_scan_tuples), in hybrid too when the lexical
+                # channel does not make up for it: the exact scan settles whether fewer
+                # documents match.
+                rows = await _exact(pool, sql, args, timeout)
     except (TimeoutError, asyncpg.QueryCanceledError) as exc:
         raise RetryableError(
             f"search took longer than {settings.search_timeout_ms} ms (search_timeout_ms)"

@@ -102,6 +102,22 @@ async def _check(settings: Settings) -> None:
                     if collection == SMALL:
                         assert got == want  # no index: the scan is exact
                     recalls.append(len(set(got) & set(want)) / 10)
+                # Hybrid under the 1 % filter fills top_k with matching documents too, even
+                # when the index scan stops short (as at hnsw.max_scan_tuples in a collection
+                # far larger than this one; here the iterative scan is turned off for that).
+                await conn.execute("SET hnsw.iterative_scan = off")
+                try:
+                    hybrid = await _ids(conn, embedder, table, settings, LARGE, q, rare, "hybrid")
+                finally:
+                    await conn.execute("RESET hnsw.iterative_scan")
+                assert len(hybrid) == 10, (q, hybrid)
+                tags = await conn.fetch(
+                    "SELECT DISTINCT metadata->>'tag' AS tag FROM documents "
+                    "WHERE collection_id = $1 AND external_id = ANY($2::text[])",
+                    large,
+                    hybrid,
+                )
+                assert [r["tag"] for r in tags] == ["rare"]
         assert sum(recalls) / len(recalls) >= 0.95, recalls
     finally:
         await pool.close()
@@ -115,7 +131,8 @@ async def _ids(
     collection: str,
     query: str,
     flt: dict[str, str] | None,
+    mode: str = "vector",
 ) -> list[str]:
-    params = SearchParams(query=query, collection=collection, top_k=10, mode="vector", filter=flt)  # type: ignore[arg-type]
+    params = SearchParams(query=query, collection=collection, top_k=10, mode=mode, filter=flt)  # type: ignore[arg-type]
     result = await search(db, embedder, table, settings, params, CollectionCache())  # type: ignore[arg-type]
     return [h["id"] for h in result["hits"]]
