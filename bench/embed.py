@@ -179,6 +179,59 @@ def worker_start(settings: Settings, backends: list[str]) -> dict[str, float]:
     return seconds
 
 
+_BACKGROUND = """
+import sys
+from shared.config import get_settings
+from shared.embed.embedder import load_embedder
+from bench.embed import default_texts
+e = load_embedder(get_settings(), threads={threads})
+texts = default_texts()
+print("ready", flush=True)
+while True:
+    e.encode_documents(texts[:16])
+"""
+
+
+@contextlib.contextmanager
+def embedding_load(settings: Settings, backend: str, threads: int) -> Iterator[None]:
+    """Another process encoding batches on ``threads`` threads for the block, as an embed worker
+    sharing the machine with the API does."""
+    env = {**os.environ, "KENSAKU_BACKEND": backend, "KENSAKU_MODEL": settings.model}
+    env["KENSAKU_MODELS_DIR"] = str(settings.models_dir)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _BACKGROUND.format(threads=threads)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"the background encoder on {backend} did not start")
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def query_threads(
+    settings: Settings, backend: str, queries: list[str], cores: int
+) -> dict[str, float]:
+    """Query p50 on 1 thread and on every core, while another process encodes batches: what
+    KENSAKU_QUERY_THREADS (1) is chosen by."""
+    out: dict[str, float] = {}
+    update = {"backend": backend}
+    with embedding_load(settings, backend, cores):
+        for n in sorted({1, cores}):
+            one = load_embedder(settings.model_copy(update=update), threads=n)
+            with _torch_threads(n if one.backend == "torch" else None):
+                one.encode_query(queries[0])  # warm
+                out[f"loaded_p50_ms_{n}"] = query_latency(one, queries)["query_p50_ms"]
+    return out
+
+
 def query_latency(embedder: Embedder, queries: list[str]) -> dict[str, float]:
     """One short query at a time, as the API encodes them (its encoder has one thread)."""
     times = []
@@ -235,6 +288,7 @@ def run(
     texts: list[str] | None = None,
     quality: tuple[list[dict[str, str]], list[Query]] | None = None,
     workers: bool = True,
+    threads: bool = True,
 ) -> dict[str, Any]:
     settings = settings or get_settings()
     texts = [normalize(t) for t in (texts or default_texts())]
@@ -273,6 +327,8 @@ def run(
         with _torch_threads(1 if backend == "torch" else None):
             stats.update(query_latency(one, short))
         stats["cold_start_s"] = cold_start(settings, backend)
+        if threads:
+            stats.update(query_threads(settings, backend, short, cores))
         if reference is None:
             reference = vectors
         else:
@@ -312,6 +368,16 @@ def print_report(result: dict[str, Any]) -> None:
         "  cold s: a new process to its first query vector; worker s: a worker spawned to its "
         "first document indexed (job done)"
     )
+    loaded = {b: s for b, s in result["backends"].items() if "loaded_p50_ms_1" in s}
+    if loaded:
+        cores = result["cores"]
+        print(f"query p50 while another process encodes batches on {cores} threads:")
+        for backend, s in loaded.items():
+            many = s.get(f"loaded_p50_ms_{cores}", float("nan"))
+            print(
+                f"  {backend:<14} 1 thread {s['loaded_p50_ms_1']:>7.2f} ms   "
+                f"{cores} threads {many:>7.2f} ms"
+            )
 
 
 def main(
