@@ -92,8 +92,9 @@ class Settings(BaseSettings):
     # MiniLM: onnx and openvino 1.000, openvino-int8 0.998, onnx-int8 0.981 (bench/RESULTS.md).
     export_min_cosine: float = Field(0.97, ge=0.0, le=1.0)
     # Intra-op threads of the API's query encoder. A query is one short text: more threads only
-    # fight PostgreSQL and the workers for the cores (MiniLM query encode 117 ms with torch on
-    # both cores under load, 16 ms with one; DESIGN of 2026-12-01).
+    # fight PostgreSQL and the workers for the cores (MiniLM query p50 with another process
+    # encoding batches on both cores: torch 67 ms on one thread, 113 on two; onnx-int8 17 and
+    # 26; `kensaku bench embed`, bench/RESULTS.md).
     query_threads: int = Field(1, ge=1, le=256)
     # Largest number of model tokens one encode batch may hold (length-sorted batches).
     embed_token_budget: int = Field(16_384, ge=64)
