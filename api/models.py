@@ -75,9 +75,10 @@ class ServedModels:
         if served is None:
             settings = self.settings.model_copy(update={"model": name})
             # The query model is loaded here, never on a request.
-            embedder = await asyncio.to_thread(
-                load_embedder, settings, threads=settings.query_threads
-            )
+            with registry.loading_from_registry(name):
+                embedder = await asyncio.to_thread(
+                    load_embedder, settings, threads=settings.query_threads
+                )
             table = await register_embedder(
                 self.pool, embedder, settings.vector_index, settings.vector_dimensions
             )

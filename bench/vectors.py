@@ -52,18 +52,21 @@ def corpus_vectors(corpus: Path, queries: Path, rows: int, n_queries: int, seed:
         for s in unit_texts(normalize(d["text"]))
     ]
     real = embedder.encode_documents(texts[:rows]).astype(np.float32)
-    rng = np.random.default_rng(seed)
-    extra = rows - len(real)
-    if extra > 0:
-        a, b = rng.integers(0, len(real), size=(2, extra))
-        mixed = real[a] + real[b]
-        mixed /= np.linalg.norm(mixed, axis=1, keepdims=True)
-        vectors = np.vstack([real, mixed])
-    else:
-        vectors = real
+    vectors = with_sums(real, rows, seed)
     picked = random.Random(seed).sample(load_queries(queries), n_queries)
     q = np.stack([embedder.encode_query(normalize(x.text)) for x in picked]).astype(np.float32)
     return vectors, q, min(len(real), rows)
+
+
+def with_sums(real: np.ndarray, rows: int, seed: int = 7) -> np.ndarray:
+    """``real`` and, up to ``rows``, normalized sums of two random ones of them."""
+    extra = rows - len(real)
+    if extra <= 0:
+        return real[:rows]
+    a, b = np.random.default_rng(seed).integers(0, len(real), size=(2, extra))
+    mixed = real[a] + real[b]
+    mixed /= np.linalg.norm(mixed, axis=1, keepdims=True)
+    return np.vstack([real, mixed])
 
 
 def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int = TOP_K) -> list[set[int]]:

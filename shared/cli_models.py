@@ -56,7 +56,7 @@ def cmd_reembed(args: argparse.Namespace) -> int:
         if args.model is None:
             if args.in_place:
                 return _fail("--in-place goes with --model")
-            return _reembed_in_place(settings, None, args.collection)
+            return _reembed_active(settings, args.collection)
         if args.collection:
             return _fail(
                 "--collection re-embeds one collection for the active model; "
@@ -67,6 +67,25 @@ def cmd_reembed(args: argparse.Namespace) -> int:
         return switch_to(settings, args.model)
     except ConfigError as exc:
         return _fail(str(exc))
+
+
+def _reembed_active(settings: Settings, collection: str | None) -> int:
+    """`kensaku reembed` alone: the active model, in place. Refused when KENSAKU_MODEL names
+    another model: before the registry decided, this command switched to KENSAKU_MODEL."""
+    from shared.embed.embedder import model_name
+
+    active = _active(settings)
+    try:
+        configured = model_name(settings)
+    except ConfigError:
+        configured = None  # not loadable here: nothing to mistake it for
+    if active and configured and configured != active:
+        return _fail(
+            f"KENSAKU_MODEL is {configured} but the active model is {active}. To switch, run "
+            f"`kensaku reembed --model {settings.model}` (add --in-place if it cuts chunks "
+            f"differently); to re-embed {active} in place, set KENSAKU_MODEL={active}"
+        )
+    return _reembed_in_place(settings, None, collection)
 
 
 def _reembed_in_place(settings: Settings, model: str | None, collection: str | None) -> int:
@@ -88,6 +107,12 @@ def _reembed_in_place(settings: Settings, model: str | None, collection: str | N
 
     async def requeue(pool: asyncpg.Pool) -> list[asyncpg.Record]:
         if model:
+            building = (await registry.serving(pool)).building
+            if building:
+                raise ConfigError(
+                    f"a switch to {building} is in progress: let it finish, or cancel it with "
+                    "`kensaku model cancel`, before re-embedding in place"
+                )
             table = await register_embedder(
                 pool, counter, settings.vector_index, settings.vector_dimensions
             )
@@ -150,13 +175,17 @@ def switch_to(settings: Settings, model: str) -> int:
 
     async def run(pool: asyncpg.Pool) -> int:
         before = (await registry.serving(pool)).active
+        if before == embedder.name:
+            print(f"{embedder.name} is the active model already")
+            return 0
+        if before is not None:  # refused before anything is registered
+            await check_chunker(pool, embedder.name, chunker)
         table = await register_embedder(
             pool, embedder, settings.vector_index, settings.vector_dimensions
         )
-        if before in (None, table.model):
-            print(f"{table.model} is the active model already")
+        if before is None:  # a fresh database: the first model registered is the active one
+            print(f"{table.model} is the active model")
             return 0
-        await check_chunker(pool, table.model, chunker)
         print(f"building {table.model} while {before} serves", flush=True)
         await switch_model(pool, make_celery_app(settings), table, settings, report=_Printer())
         print(f"{table.model} is the active model (was {before}); back: `kensaku model rollback`")
@@ -199,7 +228,10 @@ def cmd_model_rollback(args: argparse.Namespace) -> int:
     settings = get_settings()
     previous = _with_pool(settings, registry.previous_model)
     if previous is None:
-        return _fail("no model was active before this one")
+        return _fail(
+            "no model was active before this one since switches were recorded; "
+            "`kensaku reembed --model NAME` switches to a given one (`kensaku model list`)"
+        )
     try:
         return switch_to(settings, previous)
     except ConfigError as exc:

@@ -26,6 +26,7 @@ from shared.config import Settings, get_settings
 from shared.db import registry
 from shared.db.embeddings import ModelTable, register_embedder
 from shared.db.pool import create_pool
+from shared.db.registry import loading_from_registry
 from shared.embed.embedder import Embedder, load_embedder, load_token_counter
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,8 @@ class ModelSlot:
     @cached_property
     def embedder(self) -> Embedder:
         threads = torch_threads(len(os.sched_getaffinity(0)), Runtime.pool_processes)
-        embedder = load_embedder(self.settings, threads=threads)
+        with loading_from_registry(self.settings.model):
+            embedder = load_embedder(self.settings, threads=threads)
         log.info("worker %s loaded %s on %s", self.rt.pid, embedder.name, embedder.device)
         return embedder
 
@@ -133,7 +135,9 @@ class ModelSlot:
         preps never loads the model; the embedder itself for the static default model."""
         if "embedder" in self.__dict__:
             return self.embedder
-        return load_token_counter(self.settings) or self.embedder
+        with loading_from_registry(self.settings.model):
+            counter = load_token_counter(self.settings)
+        return counter or self.embedder
 
     @cached_property
     def table(self) -> ModelTable:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import asyncpg
 from celery import Task
@@ -31,15 +31,17 @@ from shared.broker import (
     enqueue_prep,
 )
 from shared.config import get_settings
+from shared.db.registry import ModelSwitched
 from shared.ingest.attempts import Claim, claim_attempt, give_up, release_held
 from shared.ingest.embed import embed_documents
 from shared.ingest.finalize import finalize_job, jobs_to_finalize
-from shared.ingest.prep import InlineEmbedding, LexicalParams, prep_documents
+from shared.ingest.prep import InlineEmbedding, LexicalParams, PrepResult, prep_documents
 from shared.logging import bind
 from worker.celery_app import app
-from worker.runtime import Runtime
+from worker.runtime import ModelSlot, Runtime
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 _MAX_ATTEMPTS = get_settings().max_attempts
 
 
@@ -91,6 +93,17 @@ def _held_connection(rt: Runtime) -> Iterator[asyncpg.Connection]:
             conn.terminate()
 
 
+def _for_active_model(rt: Runtime, work: Callable[[ModelSlot], T]) -> T:
+    """``work`` for the registry's active model; once more, at once, if a switch made another
+    model active meanwhile (its write refused, nothing stored): a switch is not a failure, and
+    a retry through Celery would cost the documents an attempt and split their batch."""
+    try:
+        return work(rt.active())
+    except ModelSwitched as exc:
+        log.info("%s: running again for the new active model", exc)
+        return work(rt.active())
+
+
 def _claim(
     rt: Runtime, conn: asyncpg.Connection, doc_ids: list[int], status: str, stage: str
 ) -> Claim:
@@ -112,26 +125,29 @@ def prep(self: Task, doc_ids: list[int], job_id: str | None = None) -> dict[str,
                 # Redelivered with documents tried before: one task each isolates a poison one.
                 enqueue_prep(app, claim.split, 1, job_id)
                 return {"split": len(claim.split), "failed": len(claim.failed)}
-            model = rt.active()
-            # A model that embeds the pipeline's lexemes runs inside prep (shared/ingest/prep.py).
-            inline = (
-                InlineEmbedding(model.embedder, model.table)
-                if model.counter.takes_lexemes
-                else None
-            )
-            result = rt.run(
-                prep_documents(
-                    rt.pool,
-                    claim.run,
-                    count_tokens=model.counter.count_tokens,
-                    max_tokens=model.counter.chunk_tokens(rt.settings.chunk_tokens),
-                    overlap_tokens=rt.settings.chunk_overlap_tokens,
-                    lexical=LexicalParams.from_settings(rt.settings),
-                    inline=inline,
-                    max_text_bytes=rt.settings.max_document_bytes,
-                    chunker=model.chunker(),
+
+            def run_prep(model: ModelSlot) -> PrepResult:
+                # A model that embeds the pipeline's lexemes runs inside prep (prep.py).
+                inline = (
+                    InlineEmbedding(model.embedder, model.table)
+                    if model.counter.takes_lexemes
+                    else None
                 )
-            )
+                return rt.run(
+                    prep_documents(
+                        rt.pool,
+                        claim.run,
+                        count_tokens=model.counter.count_tokens,
+                        max_tokens=model.counter.chunk_tokens(rt.settings.chunk_tokens),
+                        overlap_tokens=rt.settings.chunk_overlap_tokens,
+                        lexical=LexicalParams.from_settings(rt.settings),
+                        inline=inline,
+                        max_text_bytes=rt.settings.max_document_bytes,
+                        chunker=model.chunker(),
+                    )
+                )
+
+            result = _for_active_model(rt, run_prep)
         if result.prepped:
             batches = embed_batches(result.chunk_counts, rt.settings.embed_batch_size)
             enqueue_embed_batches(app, batches, job_id)
@@ -154,9 +170,13 @@ def embed(self: Task, doc_ids: list[int], job_id: str | None = None) -> dict[str
             if claim.split:
                 enqueue_embed(app, claim.split, 1, job_id)
                 return {"split": len(claim.split), "failed": len(claim.failed)}
-            model = rt.active()
-            result = rt.run(
-                embed_documents(rt.pool, model.embedder, model.table, claim.run, model.chunker())
+            result = _for_active_model(
+                rt,
+                lambda model: rt.run(
+                    embed_documents(
+                        rt.pool, model.embedder, model.table, claim.run, model.chunker()
+                    )
+                ),
             )
         if result.reprep:
             enqueue_prep(app, result.reprep, rt.settings.prep_batch_size, job_id)

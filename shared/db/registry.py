@@ -14,6 +14,8 @@ table that becomes active is never missing a chunk of an indexed document.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -23,8 +25,10 @@ from shared.db.embeddings import ModelTable
 from shared.db.queries import Q
 from shared.errors import ConfigError, RetryableError
 
-# (class, key) of the two-int advisory lock between vector writes (shared) and the flip.
-_SWITCH_LOCK = (0x6B656E73, 0x77)
+# (class, key) of the two-int advisory lock between vector writes (shared) and the flip. The
+# class is this lock's own: finalize's (class, collection id) locks must never be this one.
+SWITCH_LOCK_CLASS = 0x6B656E77
+_SWITCH_LOCK = (SWITCH_LOCK_CLASS, 0)
 
 
 class ModelSwitched(RetryableError):
@@ -46,6 +50,18 @@ async def serving(conn: asyncpg.Pool | asyncpg.Connection) -> Serving:
     active = next((r["name"] for r in rows if r["active"]), None)
     building = next((r["name"] for r in rows if r["building"]), None)
     return Serving(active, building)
+
+
+@contextlib.contextmanager
+def loading_from_registry(name: str) -> Iterator[None]:
+    """Say where the name came from when a model named by the registry fails to load."""
+    try:
+        yield
+    except ConfigError as exc:
+        raise ConfigError(
+            f"the registry's model {name} cannot be loaded here: {exc} (KENSAKU_MODEL names only "
+            "a fresh database's first model; every process serves the registry's)"
+        ) from exc
 
 
 async def guard_active(conn: asyncpg.Connection, model: str) -> None:

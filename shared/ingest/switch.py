@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -82,17 +81,25 @@ async def switch_model(
     report: Callable[[Progress], None],
     poll_seconds: float = 1.0,
     resend_seconds: float = 120.0,
+    in_flight: int = 4,
 ) -> None:
     """Build ``table``'s model and make it the active one (see the module's docstring). Stopped
-    half-way, the build resumes where it was when run again; documents whose fill task was lost
-    are sent again after ``resend_seconds``."""
+    half-way, the build resumes where it was when run again.
+
+    At most ``in_flight`` fill batches wait in the embed queue at a time, so an upload's embed
+    tasks never queue behind the whole corpus; documents whose fill task was lost are sent
+    again after ``resend_seconds``. The look at what is missing (an anti-join over every
+    indexed chunk) is spaced to at least three times what it took."""
     await registry.start_build(pool, table.model)
     sent: dict[int, float] = {}
+    budget = in_flight * settings.embed_batch_size  # chunks
     while True:
         if (await registry.serving(pool)).building != table.model:
             raise ConfigError(f"the switch to {table.model} was cancelled")
+        started = time.monotonic()
         missing = await registry.gaps(pool, table)
         total = await registry.indexed_chunks(pool)
+        looked = time.monotonic() - started
         report(Progress(table.model, total - sum(missing.values()), total, len(missing)))
         if not missing:
             built = await build_indexes(pool, table, settings)
@@ -102,8 +109,16 @@ async def switch_model(
                 return
             continue  # documents indexed while the indexes were built: fill them too
         now = time.monotonic()
-        due = {d: n for d, n in missing.items() if now - sent.get(d, -math.inf) >= resend_seconds}
+        sent = {d: t for d, t in sent.items() if d in missing and now - t < resend_seconds}
+        room = budget - sum(missing[d] for d in sent)
+        due: dict[int, int] = {}
+        for doc_id, chunks in missing.items():
+            if room <= 0:
+                break
+            if doc_id not in sent:
+                due[doc_id] = chunks
+                room -= chunks
         if due:
             enqueue_fill(celery, embed_batches(due, settings.embed_batch_size), table.model)
             sent.update(dict.fromkeys(due, now))
-        await asyncio.sleep(poll_seconds)
+        await asyncio.sleep(max(poll_seconds, 3 * looked))

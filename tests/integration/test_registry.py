@@ -22,6 +22,12 @@ from tests.integration.test_ingest import make_docs, upload
 
 pytestmark = pytest.mark.integration
 
+# A document put back in a stage, its updated_at in the future so the sweeper leaves it alone.
+HOLD = (
+    "UPDATE documents SET status = $2::document_status, "
+    "updated_at = now() + interval '1 hour' WHERE id = $1"
+)
+
 
 def _register_other(pool: Any, dimension: int) -> Any:
     return ensure_model_table(
@@ -67,9 +73,7 @@ def test_writes_for_a_model_that_is_not_active_are_refused(
             other = await _register_other(pool, embedder.dimension)
             after = (await serving(pool)).active
             # prep with a model's inline embedding, for the model that is not active
-            await pool.execute(
-                "UPDATE documents SET status = 'queued', updated_at = now() WHERE id = $1", ids[0]
-            )
+            await pool.execute(HOLD, ids[0], "queued")
             with pytest.raises(ModelSwitched):
                 await prep_documents(
                     pool,
@@ -82,19 +86,24 @@ def test_writes_for_a_model_that_is_not_active_are_refused(
                     chunker=embedder.chunker(settings.chunk_tokens, 0),
                 )
             # embed, for the model that is not active
-            await pool.execute(
-                "UPDATE documents SET status = 'prepped', updated_at = now() WHERE id = $1", ids[1]
-            )
+            await pool.execute(HOLD, ids[1], "prepped")
             with pytest.raises(ModelSwitched):
                 await embed_documents(pool, embedder, other, [ids[1]])
             return before, after, other
         finally:
             await pool.close()
 
-    before, after, other = asyncio.run(run())
-    assert before is not None and after == before  # registering did not activate it
-    # Nothing was written or marked: the documents wait for their tasks' next try.
-    assert _statuses(stack, ids) == ["queued", "prepped", "indexed"]
-    rows = db_fetch(stack, f"SELECT count(*) AS n FROM {other.table}")
-    assert rows[0]["n"] == 0
-    db_fetch(stack, "UPDATE documents SET status = 'indexed' WHERE id = ANY($1)", ids[:2])
+    try:
+        before, after, other = asyncio.run(run())
+        assert before is not None and after == before  # registering did not activate it
+        # Nothing was written or marked: the documents wait for their tasks' next try (the
+        # sweeper kept away by their updated_at in the future).
+        assert _statuses(stack, ids) == ["queued", "prepped", "indexed"]
+        rows = db_fetch(stack, f"SELECT count(*) AS n FROM {other.table}")
+        assert rows[0]["n"] == 0
+    finally:
+        db_fetch(
+            stack,
+            "UPDATE documents SET status = 'indexed', updated_at = now() WHERE id = ANY($1)",
+            ids[:2],
+        )
