@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 # A model that failed to load is tried again after this long, not at every look.
 _RETRY_LOAD_SECONDS = 30.0
+# Serving another model than the registry's for longer than this makes the API not ready: its
+# answers would miss every document indexed since the switch.
+BEHIND_GRACE_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,9 @@ class ServedModels:
         self._loaded: dict[str, Served] = {}
         self._failed: dict[str, float] = {}
         self.current: Served | None = None
+        # The registry's active model at the last look, and since when the API serves another.
+        self.registry_active: str | None = None
+        self._behind_since: float | None = None
 
     async def start(self) -> Served:
         """Load the active model (on a fresh database, KENSAKU_MODEL's, which becomes active)."""
@@ -62,7 +68,14 @@ class ServedModels:
                 served.table.model,
             )
         self.current = served
+        self.registry_active = served.table.model
         return served
+
+    def behind_too_long(self) -> bool:
+        """Whether the API has served another model than the registry's for too long (it could
+        not load the new one: its log says why)."""
+        since = self._behind_since
+        return since is not None and time.monotonic() - since > BEHIND_GRACE_SECONDS
 
     def _configured_name(self) -> str | None:
         try:
@@ -104,6 +117,11 @@ class ServedModels:
         if active is not None and active is not self.current:
             log.info("api now serves %s (was %s)", active.table.model, self._name())
             self.current = active
+        self.registry_active = now.active
+        if now.active is None or now.active == self._name():
+            self._behind_since = None
+        elif self._behind_since is None:
+            self._behind_since = time.monotonic()
         keep = now.names | {self._name()}
         for name in [n for n, s in self._loaded.items() if s.table.model not in keep]:
             del self._loaded[name]

@@ -115,6 +115,9 @@ class Readiness(BaseModel):
     database: Literal["ok", "unavailable"]
     broker: Literal["ok", "unavailable"]
     model: str
+    # The registry's active model as the API last saw it; not ready when the API has served
+    # another one for over a minute (it could not load the new one).
+    registry_model: str | None = None
     embedding: Embedding
 
 

@@ -26,7 +26,13 @@ async def healthz() -> Health:
     "/readyz",
     summary="Database, broker and model are ready",
     response_model=Readiness,
-    responses={503: {"model": Readiness, "description": "The database or the broker is down"}},
+    responses={
+        503: {
+            "model": Readiness,
+            "description": "The database or the broker is down, or the API serves another "
+            "model than the registry's active one",
+        }
+    },
 )
 async def readyz(st: State) -> JSONResponse:
     checks: dict[str, Any] = {}
@@ -54,6 +60,14 @@ async def readyz(st: State) -> JSONResponse:
         "index": served.table.index_kind,
         "dimensions_stored": served.table.dimensions_stored,
     }
-    ready = checks["database"] == "ok" and checks["broker"] == "ok"
+    checks["registry_model"] = st.models.registry_active
+    behind = st.models.behind_too_long()
+    if behind:
+        log.warning(
+            "readyz: serving %s, but the registry's active model is %s",
+            served.table.model,
+            st.models.registry_active,
+        )
+    ready = checks["database"] == "ok" and checks["broker"] == "ok" and not behind
     body = Readiness.model_validate({"ready": ready, **checks}).model_dump()
     return JSONResponse(body, status_code=200 if ready else 503)

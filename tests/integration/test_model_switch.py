@@ -235,7 +235,8 @@ def test_switch_without_downtime_and_rollback(switch_stack: tuple[Stack, Path]) 
         stack.procs["api"].stop()
         stack.start_api()
         stack.wait_ready(180)
-        assert api.get("/readyz").json()["embedding"]["model"] == b_name
+        ready = api.get("/readyz").json()
+        assert ready["embedding"]["model"] == ready["registry_model"] == b_name
 
         listed = _cli(stack, "model", "list")
         assert listed.returncode == 0, listed.stderr
