@@ -264,3 +264,33 @@ def test_a_switch_to_a_model_that_cuts_otherwise_is_refused(
     assert out.returncode == 1
     assert "cuts chunks as lexemes/" in out.stderr and "--in-place" in out.stderr, out.stderr
     assert not db_fetch(stack, "SELECT 1 FROM embedding_models WHERE building")
+
+
+def test_in_place_switch_to_a_model_that_cuts_otherwise(switch_stack: tuple[Stack, Path]) -> None:
+    """--in-place: the default model is active at once, every document is cut again for it and
+    embedded, and vector search ranks with it when the workers are done."""
+    stack, _ = switch_stack
+    default = "kensaku/chive-sudachi-300"
+    out = _cli(stack, "reembed", "--model", default, "--in-place", timeout=180)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"{default} is the active model now" in out.stdout
+    assert "cut again first" in out.stdout
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        rows = db_fetch(
+            stack,
+            "SELECT count(*) FILTER (WHERE status = 'indexed') AS indexed, "
+            "count(*) FILTER (WHERE chunker LIKE 'lexemes/%') AS ours, count(*) AS n "
+            "FROM documents",
+        )[0]
+        if rows["indexed"] == rows["ours"] == rows["n"]:
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError(f"not re-embedded: {dict(rows)}")
+    with httpx.Client(base_url=stack.api_url, timeout=60) as api:
+        _serving(api, default)
+        hits = api.post(
+            "/v1/search", json={"collection": "sw", "query": QUERIES[0], "mode": "vector"}
+        ).json()
+    assert hits["model"] == default and len(hits["hits"]) == 10
