@@ -8,6 +8,7 @@ name. Only document ids travel through Redis: Postgres is the source of truth, R
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from celery import Celery
 
@@ -120,28 +121,24 @@ def embed_batches(chunk_counts: dict[int, int], max_chunks: int) -> list[list[in
     return batches
 
 
-def enqueue_embed_batches(app: Celery, batches: list[list[int]], job_id: str | None) -> None:
+def _send_batches(app: Celery, task: str, batches: list[list[int]], kwargs: dict[str, Any]) -> None:
     with app.producer_or_acquire() as producer:
         for batch in batches:
             app.send_task(
-                EMBED_TASK,
+                task,
                 args=[batch],
-                kwargs={"job_id": job_id},
-                queue=EMBED_QUEUE,
+                kwargs=kwargs,
+                queue=TASK_ROUTES[task]["queue"],
                 producer=producer,
             )
+
+
+def enqueue_embed_batches(app: Celery, batches: list[list[int]], job_id: str | None) -> None:
+    _send_batches(app, EMBED_TASK, batches, {"job_id": job_id})
 
 
 def enqueue_fill(app: Celery, batches: list[list[int]], model: str) -> None:
-    with app.producer_or_acquire() as producer:
-        for batch in batches:
-            app.send_task(
-                FILL_TASK,
-                args=[batch],
-                kwargs={"model": model},
-                queue=EMBED_QUEUE,
-                producer=producer,
-            )
+    _send_batches(app, FILL_TASK, batches, {"model": model})
 
 
 def enqueue_finalize(app: Celery, job_ids: Sequence[object]) -> None:

@@ -189,14 +189,16 @@ def embed(self: Task, doc_ids: list[int], job_id: str | None = None) -> dict[str
         }
 
 
-@app.task(
-    name=FILL_TASK,
-    bind=True,
-    autoretry_for=(Exception,),
-    retry_backoff=2,
-    retry_jitter=True,
-    max_retries=5,
-)
+# Tasks whose giving up loses nothing (the switch or the sweeper sends their work again).
+_RETRIED = {
+    "autoretry_for": (Exception,),
+    "retry_backoff": 2,
+    "retry_jitter": True,
+    "max_retries": 5,
+}
+
+
+@app.task(name=FILL_TASK, bind=True, **_RETRIED)
 def fill(self: Task, doc_ids: list[int], model: str) -> dict[str, int]:
     """Vectors of indexed documents for ``model``, the one being switched to. Idempotent and
     claim-free: what a lost or failed task leaves out, the switch finds and sends again."""
@@ -212,10 +214,7 @@ def fill(self: Task, doc_ids: list[int], model: str) -> dict[str, int]:
 @app.task(
     name=FINALIZE_TASK,
     bind=True,
-    autoretry_for=(Exception,),
-    retry_backoff=2,
-    retry_jitter=True,
-    max_retries=5,
+    **_RETRIED,
     # An index build over a large collection takes minutes, not seconds.
     soft_time_limit=None,
     time_limit=6 * 3600,
