@@ -8,8 +8,8 @@ table from the chunks already stored while the active model keeps serving, and f
 flag in one transaction once every indexed chunk has a vector in M's table. The flip takes an
 exclusive advisory lock that every write of the active model's vectors takes shared
 (``guard_active``): a write that began before the flip ends before it, and one that begins after
-it sees that its model is no longer active and is retried by its task for the new one. So the
-table that becomes active is never missing a chunk of an indexed document.
+it sees that its model is no longer active and its task runs it again at once for the new one
+(worker/tasks.py). So the table that becomes active is never missing a chunk of an indexed document.
 """
 
 from __future__ import annotations
