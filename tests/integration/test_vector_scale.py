@@ -113,9 +113,10 @@ async def _check(settings: Settings) -> None:
                 # far larger than this one; here the iterative scan is turned off for that).
                 await conn.execute("SET hnsw.iterative_scan = off")
                 try:
-                    hybrid = await _ids(conn, embedder, table, settings, LARGE, q, rare, "hybrid")
+                    found = await _hits(conn, embedder, table, settings, LARGE, q, rare, "hybrid")
                 finally:
                     await conn.execute("RESET hnsw.iterative_scan")
+                hybrid = [h for h, _ in found]
                 assert len(hybrid) == 10, (q, hybrid)
                 tags = await conn.fetch(
                     "SELECT DISTINCT metadata->>'tag' AS tag FROM documents "
@@ -127,19 +128,6 @@ async def _check(settings: Settings) -> None:
         assert sum(recalls) / len(recalls) >= 0.95, recalls
     finally:
         await pool.close()
-
-
-async def _ids(
-    db: asyncpg.Connection,
-    embedder: Embedder,
-    table: ModelTable,
-    settings: Settings,
-    collection: str,
-    query: str,
-    flt: dict[str, str] | None,
-    mode: str = "vector",
-) -> list[str]:
-    return [h for h, _ in await _hits(db, embedder, table, settings, collection, query, flt, mode)]
 
 
 async def _hits(
