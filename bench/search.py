@@ -235,14 +235,16 @@ def _run_stack(
     metric_cols = ["mrr@10", "recall@10", "ndcg@10", "p50_ms", "p95_ms"]
     load_cols = ["p50_ms", "p95_ms", "qps", "errors"]
     with httpx.Client(base_url=stack.api_url, timeout=1200) as client:
-        started = time.perf_counter()
-        ingest_documents(client, docs, COLLECTION)
-        seconds = time.perf_counter() - started
-    rate = len(docs) / seconds
-    print(
-        f"ingest through the API until the job was done: {seconds:.1f} s = {rate:.0f} docs/s, "
-        f"{rate / limit:.2f}x Sudachi's two-core limit"
-    )
+        ingested = ingest_documents(client, docs, COLLECTION)
+    for what, seconds in (
+        ("every document was searchable", ingested.searchable_seconds),
+        ("the job was done (indexes built)", ingested.done_seconds),
+    ):
+        rate = len(docs) / seconds
+        print(
+            f"ingest through the API until {what}: {seconds:.1f} s = {rate:.0f} docs/s, "
+            f"{rate / limit:.2f}x Sudachi's two-core limit"
+        )
     print(vector_storage(stack.database_url))
     for phase in ("at once after the job was done", "after VACUUM (ANALYZE)"):
         if phase.startswith("after"):

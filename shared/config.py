@@ -111,8 +111,10 @@ class Settings(BaseSettings):
     # finishes); below, the partition is scanned exactly.
     hnsw_min_rows: int = Field(10_000, ge=0)
     hnsw_build_memory_mb: int = Field(512, ge=64)
-    # Parallel workers for an index build (0: the building process alone).
-    hnsw_build_workers: int = Field(0, ge=0, le=64)
+    # Parallel workers for an index build, besides the building process (0: that one alone).
+    # 1 or 3 halved the build of 60,000 halfvec(300) vectors on two cores (28.4 → 14.4 s,
+    # `kensaku bench vectors`); 2 is PostgreSQL's own max_parallel_maintenance_workers default.
+    hnsw_build_workers: int = Field(2, ge=0, le=64)
     # HNSW recall@10 against exact search on ja_dev's 60,756 sentence vectors: 0.964 at 40,
     # 0.983 at 100 (0.9 ms), 0.992 at 200 (1.6 ms), 0.995 at 400 (2.7 ms) (bench/RESULTS.md).
     hnsw_ef_search: int = Field(100, ge=1, le=1000)

@@ -77,8 +77,12 @@ def test_chunk_terms_hold_both_fields() -> None:
 
 
 def test_chunk_terms_drop_unusable_terms_and_cap_their_number() -> None:
-    t = chunk_terms(["", "a\x00b", "x" * (MAX_TERM_BYTES + 1), "ok"], [], WORDS, GRAMS)
-    assert list(t.words) == ["ok"]
+    # Limits are in UTF-8 bytes: 86 kanji are 258 bytes, 85 are 255.
+    long_kanji, fits = "漢" * (MAX_TERM_BYTES // 3 + 1), "漢" * (MAX_TERM_BYTES // 3)
+    words = ["", "a\x00b", "x" * (MAX_TERM_BYTES + 1), long_kanji, "ok", fits, "ok"]
+    t = chunk_terms(words, [], WORDS, GRAMS)
+    assert list(t.words) == ["ok", fits]
+    assert t.word_count == 3
     many = [f"w{i}" for i in range(MAX_TERMS_PER_CHUNK + 100)]
     capped = chunk_terms(many, [], WORDS, GRAMS)
     assert len(capped.dimensions) <= MAX_TERMS_PER_CHUNK
