@@ -36,6 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     ve.add_argument("--index", default="hnsw,hnsw_halfvec,hnsw_binary,ivfflat")
     ve.add_argument("--dimensions", default="0", help="KENSAKU_VECTOR_DIMENSIONS values (0: all)")
     ve.add_argument("--sample-queries", type=int, default=200)
+    ve.add_argument(
+        "--ef-search",
+        default="",
+        help="comma-separated hnsw.ef_search values measured on each build (default: the setting)",
+    )
     tu = sub.add_parser("tune", help="fit BM25 and fusion parameters in-process")
     tu.add_argument("--corpus", type=Path, required=True)
     tu.add_argument("--queries", type=Path, required=True)
@@ -76,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             kinds=args.index.split(","),
             dimensions=[int(x) for x in args.dimensions.split(",")],
             n_queries=args.sample_queries,
+            ef_search=[int(x) for x in args.ef_search.split(",") if x],
         )
     if args.what == "tune":
         from bench.tune import main as tune

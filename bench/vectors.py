@@ -9,7 +9,8 @@ For each KENSAKU_VECTOR_INDEX kind and each KENSAKU_VECTOR_DIMENSIONS value, on 
 PostgreSQL with one partition, as a collection's is: binary COPY load in rows/s, the index build
 (kensaku's own `build_vector_index`) in seconds, table and index size, recall@10 of kensaku's
 vector SQL (search.sql's vector fragment, with its re-ranking where the index is approximate)
-against exact cosine ranking in numpy, and latency p50/p95 at concurrency 1 and 8.
+against exact cosine ranking in numpy, and latency p50/p95 at concurrency 1 and 8. HNSW builds
+are searched at each ``--ef-search`` value in turn (one build, several search breadths).
 
 The machine is shared and noisy: compare figures within one run.
 """
@@ -117,7 +118,10 @@ async def measure(
     truth: list[set[int]],
     kinds: list[str],
     dimensions: list[int],
+    ef_search: list[int],
 ) -> list[dict[str, Any]]:
+    """One build per kind and dimensions; recall and latency for each ef_search on it (HNSW
+    kinds; IVFFlat is measured once, at its probes)."""
     results = []
     pool = await create_pool(settings, min_size=1, role="worker")
     try:
@@ -133,27 +137,27 @@ async def measure(
         for kind in kinds:
             for dims in dimensions:
                 table = dataclasses.replace(base, index_kind=kind, index_dimensions=dims)
-                results.append(await _one(pool, settings, table, vectors, queries, truth))
-                r = results[-1]
-                print(
-                    f"  {kind:<13} {r['dimensions']:>5} {r['load_rows_per_s']:>9,.0f} "
-                    f"{r['build_s']:>8.1f} {r['table_mb']:>8.1f} {r['index_mb']:>8.1f} "
-                    f"{r['recall@10']:>7.3f} {r['p50_ms_c1']:>7.2f} {r['p95_ms_c1']:>7.2f} "
-                    f"{r['p50_ms_c8']:>7.2f} {r['p95_ms_c8']:>7.2f}",
-                    flush=True,
-                )
+                built = await _build(pool, settings, table, vectors)
+                efs = ef_search if kind.startswith("hnsw") else [settings.hnsw_ef_search]
+                for ef in efs:
+                    tuned = settings.model_copy(update={"hnsw_ef_search": ef})
+                    r = built | await _search(tuned, table, queries, truth)
+                    results.append(r)
+                    shown = ef if kind.startswith("hnsw") else "-"
+                    print(
+                        f"  {kind:<13} {r['dimensions']:>5} {shown:>5} "
+                        f"{r['load_rows_per_s']:>9,.0f} {r['build_s']:>8.1f} {r['table_mb']:>8.1f} "
+                        f"{r['index_mb']:>8.1f} {r['recall@10']:>7.3f} {r['p50_ms_c1']:>7.2f} "
+                        f"{r['p95_ms_c1']:>7.2f} {r['p50_ms_c8']:>7.2f} {r['p95_ms_c8']:>7.2f}",
+                        flush=True,
+                    )
     finally:
         await pool.close()
     return results
 
 
-async def _one(
-    pool: asyncpg.Pool,
-    settings: Settings,
-    table: ModelTable,
-    vectors: np.ndarray,
-    queries: np.ndarray,
-    truth: list[set[int]],
+async def _build(
+    pool: asyncpg.Pool, settings: Settings, table: ModelTable, vectors: np.ndarray
 ) -> dict[str, Any]:
     partition = table.partition(COLLECTION_ID)
     await pool.execute(f"DROP TABLE IF EXISTS {partition}")
@@ -178,14 +182,6 @@ async def _one(
         await conn.execute(Q.reset_statement_timeout)
     build_s = time.perf_counter() - started
     assert built, f"no index built for {table.index_kind}"
-    sql = search_sql(table, settings.binary_rerank_factor)
-    plan = "\n".join(r[0] for r in await pool.fetch("EXPLAIN " + sql, queries[0], TOP_K))
-    assert table.index(COLLECTION_ID) in plan, plan  # the index is what answers
-    found = [{r["chunk_id"] for r in await pool.fetch(sql, q, TOP_K)} for q in queries]
-    recall = float(np.mean([len(f & t) / TOP_K for f, t in zip(found, truth, strict=True)]))
-    await _latencies(pool, sql, queries[:20], 1)  # warm the index's pages
-    c1 = await _latencies(pool, sql, queries, 1)
-    c8 = await _latencies(pool, sql, queries, 8)
     sizes = await pool.fetchrow(
         "SELECT pg_table_size($1::regclass) AS t, pg_relation_size($2::regclass) AS i",
         partition,
@@ -199,6 +195,27 @@ async def _one(
         "build_s": build_s,
         "table_mb": sizes["t"] / 2**20,
         "index_mb": sizes["i"] / 2**20,
+    }
+
+
+async def _search(
+    settings: Settings, table: ModelTable, queries: np.ndarray, truth: list[set[int]]
+) -> dict[str, Any]:
+    """Recall and latency through a pool of its own (hnsw.ef_search is a connection setting)."""
+    pool = await create_pool(settings, min_size=1, role="worker")
+    try:
+        sql = search_sql(table, settings.binary_rerank_factor)
+        plan = "\n".join(r[0] for r in await pool.fetch("EXPLAIN " + sql, queries[0], TOP_K))
+        assert table.index(COLLECTION_ID) in plan, plan  # the index is what answers
+        found = [{r["chunk_id"] for r in await pool.fetch(sql, q, TOP_K)} for q in queries]
+        recall = float(np.mean([len(f & t) / TOP_K for f, t in zip(found, truth, strict=True)]))
+        await _latencies(pool, sql, queries[:20], 1)  # warm the index's pages
+        c1 = await _latencies(pool, sql, queries, 1)
+        c8 = await _latencies(pool, sql, queries, 8)
+    finally:
+        await pool.close()
+    return {
+        "ef_search": settings.hnsw_ef_search,
         "recall@10": recall,
         "p50_ms_c1": 1000 * percentile(c1, 50),
         "p95_ms_c1": 1000 * percentile(c1, 95),
@@ -214,8 +231,10 @@ def main(
     kinds: list[str],
     dimensions: list[int],
     n_queries: int = 200,
+    ef_search: list[int] | None = None,
 ) -> int:
     base = get_settings()
+    efs = ef_search or [base.hnsw_ef_search]
     vectors_all, q, real = corpus_vectors(corpus, queries, max(rows), n_queries)
     with tempfile.TemporaryDirectory(prefix="kensaku-bench-") as tmp:
         pg = start_postgres(Path(tmp) / "postgres")
@@ -226,18 +245,18 @@ def main(
                 print(
                     f"{n:,} vectors of {vectors.shape[1]} dimensions ({min(real, n):,} real "
                     f"sentences, the rest sums of two), {len(q)} real questions, top {TOP_K}, "
-                    f"ef_search {base.hnsw_ef_search}, probes {base.ivfflat_probes}, "
+                    f"ef_search {','.join(map(str, efs))}, probes {base.ivfflat_probes}, "
                     f"re-rank × {base.binary_rerank_factor}",
                     flush=True,
                 )
                 truth = exact_top(vectors, q)
                 print(
-                    f"  {'index':<13} {'dims':>5} {'load r/s':>9} {'build s':>8} {'table MB':>8} "
-                    f"{'index MB':>8} {'rec@10':>7} {'p50 c1':>7} {'p95 c1':>7} {'p50 c8':>7} "
-                    f"{'p95 c8':>7}"
+                    f"  {'index':<13} {'dims':>5} {'ef':>5} {'load r/s':>9} {'build s':>8} "
+                    f"{'table MB':>8} {'index MB':>8} {'rec@10':>7} {'p50 c1':>7} {'p95 c1':>7} "
+                    f"{'p50 c8':>7} {'p95 c8':>7}"
                 )
                 settings = base.model_copy(update={"database_url": pg.url, "hnsw_min_rows": 0})
-                asyncio.run(measure(settings, vectors, q, truth, kinds, dimensions))
+                asyncio.run(measure(settings, vectors, q, truth, kinds, dimensions, efs))
         finally:
             pg.stop()
     return 0

@@ -42,7 +42,10 @@ def _preload(sender: object = None, **_: object) -> None:
 
     settings = get_settings()
     runtime = RUNTIME_MODULES.get(settings.backend)
-    if settings.model == DEFAULT_MODEL or not runtime or not importlib.util.find_spec(runtime):
+    # The children load the registry's active model, which a switch may have made another than
+    # KENSAKU_MODEL (worker/runtime.py).
+    model = _active_model(settings.database_url) or settings.model
+    if model == DEFAULT_MODEL or not runtime or not importlib.util.find_spec(runtime):
         runtime = "sentence_transformers"  # torch (a missing extra is reported on first use)
     importlib.import_module(runtime)
 
@@ -54,6 +57,30 @@ def _preload(sender: object = None, **_: object) -> None:
         from shared.metrics import start_worker_metrics_server
 
         start_worker_metrics_server(port)
+
+
+def _active_model(database_url: str) -> str | None:
+    """The registry's active model, or None (a fresh database, or none reachable within 5 s:
+    only the preload's guess depends on it)."""
+    import asyncio
+    import logging
+
+    import asyncpg
+
+    from shared.db.registry import serving
+
+    async def read() -> str | None:
+        conn = await asyncpg.connect(database_url, timeout=5)
+        try:
+            return (await serving(conn)).active
+        finally:
+            await conn.close()
+
+    try:
+        return asyncio.run(asyncio.wait_for(read(), 5))
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        logging.getLogger(__name__).info("preload: registry not read (%s)", exc)
+        return None
 
 
 @worker_process_init.connect

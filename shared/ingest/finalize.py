@@ -91,6 +91,19 @@ async def _has_partition(conn: asyncpg.Connection, table: ModelTable, collection
     return bool(state and state["present"])
 
 
+async def _build(
+    conn: asyncpg.Connection, create: str, collection_id: int, settings: Settings, workers: int
+) -> None:
+    async with conn.transaction():
+        # One builder per collection; a second finalize finds the index there afterwards.
+        await conn.execute(Q.advisory_xact_lock, _BUILD_LOCK, collection_id)
+        await conn.execute(
+            Q.set_local, "maintenance_work_mem", f"{settings.hnsw_build_memory_mb}MB"
+        )
+        await conn.execute(Q.set_local, "max_parallel_maintenance_workers", str(workers))
+        await conn.execute(create, timeout=_LONG)
+
+
 async def build_vector_index(
     conn: asyncpg.Connection, table: ModelTable, collection_id: int, settings: Settings
 ) -> bool:
@@ -105,20 +118,23 @@ async def build_vector_index(
     rows = await conn.fetchval(table.sql(Q.count_partition, collection_id))
     if rows < settings.hnsw_min_rows:
         return False
-    async with conn.transaction():
-        # One builder per collection; a second finalize finds the index there afterwards.
-        await conn.execute(Q.advisory_xact_lock, _BUILD_LOCK, collection_id)
-        await conn.execute(
-            Q.set_local, "maintenance_work_mem", f"{settings.hnsw_build_memory_mb}MB"
+    create = table.sql(Q.create_partition_index, collection_id).replace(
+        "{index_method}", table.index_method(rows)
+    )
+    started = time.perf_counter()
+    try:
+        await _build(conn, create, collection_id, settings, settings.hnsw_build_workers)
+    except asyncpg.InsufficientResourcesError as exc:
+        if settings.hnsw_build_workers == 0:
+            raise
+        # A parallel build shares its graph through shared memory of maintenance_work_mem's
+        # size, more than a container's /dev/shm may hold (Docker's default is 64 MB).
+        log.warning(
+            "parallel build of %s failed (%s); building it in one process",
+            table.index(collection_id),
+            exc,
         )
-        await conn.execute(
-            Q.set_local, "max_parallel_maintenance_workers", str(settings.hnsw_build_workers)
-        )
-        started = time.perf_counter()
-        create = table.sql(Q.create_partition_index, collection_id).replace(
-            "{index_method}", table.index_method(rows)
-        )
-        await conn.execute(create, timeout=_LONG)
+        await _build(conn, create, collection_id, settings, 0)
     log.info(
         "built %s (%s) over %d vectors in %.1f s",
         table.index(collection_id),

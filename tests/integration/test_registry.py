@@ -107,3 +107,14 @@ def test_writes_for_a_model_that_is_not_active_are_refused(
             "UPDATE documents SET status = 'indexed', updated_at = now() WHERE id = ANY($1)",
             ids[:2],
         )
+
+
+def test_the_worker_preloads_for_the_registry_s_active_model(stack: Any) -> None:
+    """The worker's parent picks the runtime to import before forking from the registry's
+    active model, which a switch may have made another than KENSAKU_MODEL."""
+    from worker.celery_app import _active_model
+
+    active = db_fetch(stack, "SELECT name FROM embedding_models WHERE active")
+    assert active and _active_model(stack.database_url) == active[0]["name"]
+    # No server there: the preload falls back to KENSAKU_MODEL instead of failing the worker.
+    assert _active_model("postgresql://kensaku@127.0.0.1:1/kensaku") is None

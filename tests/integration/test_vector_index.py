@@ -113,3 +113,39 @@ async def _ids(
     ids = [h["id"] for h in result["hits"]]
     assert ids, (query, mode)
     return ids
+
+
+def test_a_parallel_build_without_the_shared_memory_builds_in_one_process(
+    stack: Any, sample_collection: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A parallel HNSW build shares its graph in maintenance_work_mem's worth of shared memory;
+    where /dev/shm cannot hold it (a container's 64 MB) the build is done by one process."""
+    # More than any /dev/shm: the parallel build cannot allocate its segment.
+    settings = Settings(
+        database_url=stack.database_url,
+        redis_url=stack.redis_url,
+        hnsw_min_rows=1,
+        hnsw_build_workers=2,
+        hnsw_build_memory_mb=1024 * 1024,  # 1 TB (the setting allows up to 2)
+    )
+    asyncio.run(_build_without_shared_memory(settings, sample_collection))
+    assert "building it in one process" in caplog.text
+
+
+async def _build_without_shared_memory(settings: Settings, collection: str) -> None:
+    pool = await create_pool(settings, min_size=1)
+    try:
+        table = await register_embedder(pool, load_embedder(settings))
+        cid = await pool.fetchval("SELECT id FROM collections WHERE name = $1", collection)
+        index = table.index(cid)
+        await pool.execute(f"DROP INDEX IF EXISTS {index}")
+        # The planner would give a partition this small no worker; the table setting does.
+        await pool.execute(f"ALTER TABLE {table.partition(cid)} SET (parallel_workers = 2)")
+        try:
+            async with pool.acquire() as conn:
+                assert await build_vector_index(conn, table, cid, settings)
+            assert await pool.fetchval("SELECT to_regclass($1) IS NOT NULL", index)
+        finally:
+            await pool.execute(f"ALTER TABLE {table.partition(cid)} RESET (parallel_workers)")
+    finally:
+        await pool.close()
