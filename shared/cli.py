@@ -60,6 +60,8 @@ def cmd_model_export(args: argparse.Namespace) -> int:
     settings = get_settings()
     if args.backend:
         settings = settings.model_copy(update={"backend": args.backend})
+    if args.model:  # e.g. the model a `kensaku reembed --model` is about to switch to
+        settings = settings.model_copy(update={"model": args.model})
     embedder = load_embedder(settings)  # exports (once) when the cache is missing or stale
     if embedder.backend == "torch":
         return _fail(f"{embedder.name} runs on torch: nothing to export")
@@ -287,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mex = msub.add_parser("export", help="export the model for KENSAKU_BACKEND ahead of time")
     mex.add_argument("--backend", choices=["onnx", "onnx-int8", "openvino", "openvino-int8"])
+    mex.add_argument("--model", help="the model to export (default: KENSAKU_MODEL)")
     mex.set_defaults(func=cmd_model_export)
 
     pgv = sub.add_parser(

@@ -114,19 +114,21 @@ class ModelTable:
         n = self.index_dimensions
         return f"subvector({vector}, 1, {n})::halfvec({n})"
 
-    def index_method(self, rows: int) -> str:
-        """The USING clause of a partition's index over ``rows`` vectors."""
+    def index_method(self, rows: int, m: int = 16, ef_construction: int = 64) -> str:
+        """The USING clause of a partition's index over ``rows`` vectors; ``m`` and
+        ``ef_construction`` shape an HNSW graph."""
         d, held = self.dimensions_stored, self._indexed("embedding")
+        graph = f"WITH (m = {int(m)}, ef_construction = {int(ef_construction)})"
         if self.index_kind == "hnsw":
-            return f"hnsw (({held}::vector({d})) vector_cosine_ops)"
+            return f"hnsw (({held}::vector({d})) vector_cosine_ops) {graph}"
         if self.index_kind == "hnsw_binary":
-            return f"hnsw ((binary_quantize({held})::bit({d})) bit_hamming_ops)"
+            return f"hnsw ((binary_quantize({held})::bit({d})) bit_hamming_ops) {graph}"
         column = f"({held})" if self.reduced else "embedding"
         if self.index_kind == "ivfflat":
             # pgvector's advice: rows / 1000 lists up to a million rows, sqrt(rows) beyond.
             lists = max(1, rows // 1000 if rows <= 1_000_000 else math.isqrt(rows))
             return f"ivfflat ({column} halfvec_cosine_ops) WITH (lists = {lists})"
-        return f"hnsw ({column} halfvec_cosine_ops)"
+        return f"hnsw ({column} halfvec_cosine_ops) {graph}"
 
     @property
     def vector_order(self) -> str:

@@ -119,7 +119,8 @@ async def build_vector_index(
     if rows < settings.hnsw_min_rows:
         return False
     create = table.sql(Q.create_partition_index, collection_id).replace(
-        "{index_method}", table.index_method(rows)
+        "{index_method}",
+        table.index_method(rows, settings.hnsw_m, settings.hnsw_ef_construction),
     )
     started = time.perf_counter()
     try:

@@ -4,6 +4,7 @@ exported once and cached, as close to torch as they claim, refused when they str
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -114,6 +115,22 @@ def test_a_cached_export_loads_without_torch(models_dir: Path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"], out.stderr[-2000:]
+
+
+def test_model_export_exports_the_model_it_is_given(models_dir: Path) -> None:
+    """`kensaku model export --model M`: M ahead of a switch, whatever KENSAKU_MODEL says."""
+    load_embedder(settings(models_dir, "onnx-int8"))  # exported (or already) in this process
+    env = {
+        **os.environ,
+        "KENSAKU_MODELS_DIR": str(models_dir),
+        "KENSAKU_MODEL": "kensaku/chive-sudachi-300",
+    }
+    args = ["model", "export", "--model", "minilm", "--backend", "onnx-int8"]
+    code = f"from shared.cli import main; raise SystemExit(main({args!r}))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    name = load_embedder(settings(models_dir, "onnx-int8")).name
+    assert f"{name} on onnx-int8 at {export_dir(models_dir, name, 'onnx-int8')}" in out.stdout
 
 
 def test_prompts_are_applied_as_torch_applies_them(tmp_path: Path) -> None:

@@ -49,6 +49,13 @@ def test_each_vector_index_kind_has_its_own_index_and_query() -> None:
     assert ModelTable("m", "emb_m", 300).index(7) == "emb_m_c7_hnsw"  # the name it always had
     binary = ModelTable("m", "emb_m", 300, index_kind="hnsw_binary")
     assert "bit_hamming_ops" in binary.index_method(50_000)
+    # The HNSW graph's shape (KENSAKU_HNSW_M, KENSAKU_HNSW_EF_CONSTRUCTION) goes to every kind
+    # that builds one.
+    for kind in ("hnsw", "hnsw_halfvec", "hnsw_binary"):
+        method = ModelTable("m", "emb_m", 300, index_kind=kind).index_method(1, 24, 100)
+        assert method.endswith(" WITH (m = 24, ef_construction = 100)"), method
+    with pytest.raises(ValueError, match="at least twice hnsw_m"):
+        Settings(hnsw_m=40, hnsw_ef_construction=64)
     sql = search_sql("vector", False, binary, 4)
     assert "<~> binary_quantize($5::halfvec)" in sql and "LIMIT $3 * 4" in sql
     # ivfflat: rows / 1000 lists, then sqrt(rows) past a million.
@@ -83,7 +90,8 @@ def test_an_index_over_the_first_dimensions_reranks_with_all_of_them() -> None:
     assert half.reduced and half.reranks and half.dimensions_stored == 64
     assert half.index(7) == "emb_m_c7_dh1s"  # 64 in base 36
     assert half.index_method(50_000) == (
-        "hnsw ((subvector(embedding, 1, 64)::halfvec(64)) halfvec_cosine_ops)"
+        "hnsw ((subvector(embedding, 1, 64)::halfvec(64)) halfvec_cosine_ops) "
+        "WITH (m = 16, ef_construction = 64)"
     )
     sql = search_sql("vector", False, half, 4)
     # The ORDER BY is the indexed expression; the cosine is the full stored vectors'.
