@@ -6,8 +6,6 @@ default model. Nothing is mocked.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,11 +21,8 @@ os.environ.setdefault("KENSAKU_MODELS_DIR", str(ROOT / ".models"))
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Any]:
     from shared.stack.stack import Stack
+    from tests.helpers import data_dir
 
-    # Not pytest's tmp_path: that tree is private to root, and PostgreSQL (run by pgserver as
-    # its own user when we are root) must be able to reach its data directory.
-    data = Path(tempfile.mkdtemp(prefix="kensaku-test-"))
-    data.chmod(0o755)
     env = {
         # A short grace period so the fault tests see the sweeper act within seconds.
         "KENSAKU_SWEEP_GRACE_SECONDS": "3",
@@ -37,11 +32,11 @@ def stack() -> Iterator[Any]:
         "KENSAKU_UPLOAD_IDLE_TIMEOUT_SECONDS": "2",
         "KENSAKU_MODELS_DIR": os.environ["KENSAKU_MODELS_DIR"],
     }
-    try:
-        with Stack(data, flower=False, extra_env=env, worker_concurrency=2) as s:
-            yield s
-    finally:
-        shutil.rmtree(data, ignore_errors=True)
+    with (
+        data_dir("kensaku-test-") as data,
+        Stack(data, flower=False, extra_env=env, worker_concurrency=2) as s,
+    ):
+        yield s
 
 
 @pytest.fixture(scope="session")

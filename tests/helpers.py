@@ -3,11 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import shutil
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
+
+
+@contextlib.contextmanager
+def data_dir(prefix: str) -> Iterator[Path]:
+    """A stack's data directory, removed afterwards. Not pytest's tmp_path: that tree is private
+    to root, and PostgreSQL (run by pgserver as its own user when we are root) must be able to
+    reach its data directory."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def wait_job(api: httpx.Client, job_id: str, timeout: float = 120) -> dict[str, Any]:

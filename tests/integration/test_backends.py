@@ -4,17 +4,14 @@ the worker, upload to search."""
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from shared.stack.stack import Stack
-from tests.helpers import wait_job
+from tests.helpers import data_dir, wait_job
 
 pytestmark = pytest.mark.integration
 
@@ -28,18 +25,16 @@ DOCS = [
 
 @pytest.fixture(scope="module")
 def onnx_stack() -> Iterator[Stack]:
-    data = Path(tempfile.mkdtemp(prefix="kensaku-onnx-"))
-    data.chmod(0o755)
     env = {
         "KENSAKU_MODEL": "minilm",
         "KENSAKU_BACKEND": "onnx-int8",
         "KENSAKU_MODELS_DIR": os.environ["KENSAKU_MODELS_DIR"],  # the export is cached there
     }
-    try:
-        with Stack(data, flower=False, extra_env=env, worker_concurrency=1) as s:
-            yield s
-    finally:
-        shutil.rmtree(data, ignore_errors=True)
+    with (
+        data_dir("kensaku-onnx-") as data,
+        Stack(data, flower=False, extra_env=env, worker_concurrency=1) as s,
+    ):
+        yield s
 
 
 def test_upload_and_search_on_onnx_int8(onnx_stack: Any) -> None:

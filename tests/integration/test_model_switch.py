@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ import pytest
 from shared.config import Settings
 from shared.embed.embedder import load_embedder
 from shared.stack.stack import Stack
-from tests.helpers import db_fetch, wait_job
+from tests.helpers import data_dir, db_fetch, wait_job
 
 pytestmark = pytest.mark.integration
 
@@ -70,8 +69,6 @@ def _model_b(root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def switch_stack() -> Iterator[tuple[Stack, Path]]:
-    data = Path(tempfile.mkdtemp(prefix="kensaku-switch-"))
-    data.chmod(0o755)
     env = {
         "KENSAKU_MODEL": "minilm",
         "KENSAKU_MODELS_DIR": os.environ["KENSAKU_MODELS_DIR"],
@@ -79,11 +76,11 @@ def switch_stack() -> Iterator[tuple[Stack, Path]]:
         "KENSAKU_PREP_BATCH_SIZE": "4",
         "KENSAKU_EMBED_BATCH_SIZE": "4",  # many small fill tasks: the build takes a while
     }
-    try:
-        with Stack(data, flower=False, extra_env=env, worker_concurrency=1) as s:
-            yield s, _model_b(data)
-    finally:
-        shutil.rmtree(data, ignore_errors=True)
+    with (
+        data_dir("kensaku-switch-") as data,
+        Stack(data, flower=False, extra_env=env, worker_concurrency=1) as s,
+    ):
+        yield s, _model_b(data)
 
 
 class Searcher(threading.Thread):

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ import httpx
 import pytest
 
 from shared.stack.services import free_port
-from tests.helpers import wait_ready
+from tests.helpers import data_dir, wait_ready
 
 pytestmark = pytest.mark.integration
 
@@ -79,8 +78,11 @@ def _processes_using(path: Path) -> list[str]:
 
 
 def test_up_stops_cleanly_on_ctrl_c_while_starting() -> None:
-    data = Path(tempfile.mkdtemp(prefix="kensaku-up-"))
-    data.chmod(0o755)
+    with data_dir("kensaku-up-") as data:
+        _interrupt_up_while_starting(data)
+
+
+def _interrupt_up_while_starting(data: Path) -> None:
     env = dict(os.environ) | {"PYTHONUNBUFFERED": "1"}
     for key in ("KENSAKU_DATABASE_URL", "KENSAKU_REDIS_URL"):
         env.pop(key, None)
