@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -142,6 +143,8 @@ async def measure(
                 for ef in efs:
                     tuned = settings.model_copy(update={"hnsw_ef_search": ef})
                     r = built | await _search(tuned, table, queries, truth)
+                    if not kind.startswith("hnsw"):
+                        r["ef_search"] = None  # IVFFlat searches by its probes
                     results.append(r)
                     shown = ef if kind.startswith("hnsw") else "-"
                     print(
@@ -235,6 +238,9 @@ def main(
 ) -> int:
     base = get_settings()
     efs = ef_search or [base.hnsw_ef_search]
+    if bad := [e for e in efs if not 1 <= e <= 1000]:
+        print(f"--ef-search {bad}: outside pgvector's 1 to 1000", file=sys.stderr)
+        return 2
     vectors_all, q, real = corpus_vectors(corpus, queries, max(rows), n_queries)
     with tempfile.TemporaryDirectory(prefix="kensaku-bench-") as tmp:
         pg = start_postgres(Path(tmp) / "postgres")

@@ -110,7 +110,9 @@ class Settings(BaseSettings):
     # A collection's vectors get an HNSW index once it holds this many (built when a job
     # finishes); below, the partition is scanned exactly.
     hnsw_min_rows: int = Field(10_000, ge=0)
-    hnsw_build_memory_mb: int = Field(512, ge=64)
+    # maintenance_work_mem of the build (PostgreSQL's maximum is 2 TB); a parallel build takes it
+    # as shared memory, so a container's /dev/shm (shm_size) must hold it.
+    hnsw_build_memory_mb: int = Field(512, ge=64, le=2_097_151)
     # Parallel workers for an index build, besides the building process (0: that one alone).
     # 1 or 3 halved the build of 60,000 halfvec(300) vectors on two cores (28.4 → 14.4 s,
     # `kensaku bench vectors`); 2 is PostgreSQL's own max_parallel_maintenance_workers default.

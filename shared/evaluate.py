@@ -131,7 +131,8 @@ def ingest_documents(client: httpx.Client, docs: list[dict[str, str]], collectio
     while True:
         status: dict[str, Any] = client.get(f"/v1/jobs/{job}").raise_for_status().json()
         now = time.perf_counter() - started
-        if searchable is None and status["indexed"] == status["total"]:
+        # Nothing left queued or prepped-but-not-embedded ("prepped" counts the indexed too).
+        if searchable is None and status["queued"] == 0 and status["prepped"] == status["indexed"]:
             searchable = now
         if status["status"] in ("done", "partial", "failed"):
             if status["status"] != "done":

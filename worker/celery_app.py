@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from celery.signals import (
     setup_logging,
     worker_init,
@@ -14,6 +16,7 @@ from shared.broker import make_celery_app
 from shared.config import get_settings
 from shared.logging import setup_celery_logging
 
+log = logging.getLogger(__name__)
 app = make_celery_app(get_settings())
 # The worker imports the task module when it starts (Celery's usual way; the tasks import `app`
 # from here, so importing them here too would be a cycle).
@@ -63,7 +66,6 @@ def _active_model(database_url: str) -> str | None:
     """The registry's active model, or None (a fresh database, or none reachable within 5 s:
     only the preload's guess depends on it)."""
     import asyncio
-    import logging
 
     import asyncpg
 
@@ -74,12 +76,12 @@ def _active_model(database_url: str) -> str | None:
         try:
             return (await serving(conn)).active
         finally:
-            await conn.close()
+            conn.terminate()  # no goodbye: a server that stalls must not hold the start up
 
     try:
         return asyncio.run(asyncio.wait_for(read(), 5))
     except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        logging.getLogger(__name__).info("preload: registry not read (%s)", exc)
+        log.info("preload: registry not read (%s)", exc)
         return None
 
 

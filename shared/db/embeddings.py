@@ -114,7 +114,7 @@ class ModelTable:
         n = self.index_dimensions
         return f"subvector({vector}, 1, {n})::halfvec({n})"
 
-    def index_method(self, rows: int, m: int = 16, ef_construction: int = 64) -> str:
+    def index_method(self, rows: int, *, m: int, ef_construction: int) -> str:
         """The USING clause of a partition's index over ``rows`` vectors; ``m`` and
         ``ef_construction`` shape an HNSW graph."""
         d, held = self.dimensions_stored, self._indexed("embedding")

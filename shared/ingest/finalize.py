@@ -34,6 +34,8 @@ _BUILD_LOCK = 0x6B656E73
 _JOB_LOCK = 0x6B656E6A
 # Client-side limit for VACUUM and index builds (the pool's default is for ordinary tasks).
 _LONG = 24 * 3600.0
+# Set once a parallel build could not get its shared memory: later builds skip the attempt.
+_parallel_failed = False
 
 
 async def finalize_job(
@@ -120,28 +122,35 @@ async def build_vector_index(
         return False
     create = table.sql(Q.create_partition_index, collection_id).replace(
         "{index_method}",
-        table.index_method(rows, settings.hnsw_m, settings.hnsw_ef_construction),
+        table.index_method(rows, m=settings.hnsw_m, ef_construction=settings.hnsw_ef_construction),
     )
+    global _parallel_failed
+    workers = 0 if _parallel_failed else settings.hnsw_build_workers
     started = time.perf_counter()
     try:
-        await _build(conn, create, collection_id, settings, settings.hnsw_build_workers)
+        await _build(conn, create, collection_id, settings, workers)
     except asyncpg.InsufficientResourcesError as exc:
-        if settings.hnsw_build_workers == 0:
-            raise
         # A parallel build shares its graph through shared memory of maintenance_work_mem's
-        # size, more than a container's /dev/shm may hold (Docker's default is 64 MB).
+        # size, more than a container's /dev/shm may hold (Docker's default is 64 MB). Any
+        # other shortage (the disk, the server's memory) would fail a second build as well.
+        if workers == 0 or "shared memory" not in str(exc):
+            raise
+        _parallel_failed = True  # this process builds alone from now on
         log.warning(
-            "parallel build of %s failed (%s); building it in one process",
+            "parallel build of %s failed (%s); building it in one process, as every later one",
             table.index(collection_id),
             exc,
         )
-        await _build(conn, create, collection_id, settings, 0)
+        workers = 0
+        started = time.perf_counter()
+        await _build(conn, create, collection_id, settings, workers)
     log.info(
-        "built %s (%s) over %d vectors in %.1f s",
+        "built %s (%s) over %d vectors in %.1f s with %d parallel workers",
         table.index(collection_id),
         table.index_kind,
         rows,
         time.perf_counter() - started,
+        workers,
     )
     # Any other vector index on the partition (another kind or dimensions): it only slows writes.
     keep = table.index(collection_id)

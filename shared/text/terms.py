@@ -90,11 +90,16 @@ def bigrams(text: str) -> list[str]:
     return out
 
 
-# Prep hashes every term of every chunk and the same words recur throughout a corpus: the cache
-# took chunk_terms from 1.7 to 1.1 s over 3,000 ja_dev paragraphs (bench/RESULTS.md, ingest).
-@lru_cache(maxsize=1 << 17)
 def term_dimension(field: str, term: str) -> int:
     """The term's dimension in the forward index (0-based; sparsevec text is 1-based)."""
+    return _term_dimension(field, term)
+
+
+# Prep hashes every term of every chunk and the same words recur throughout a corpus: the cache
+# took chunk_terms from 1.7 to 1.1 s over 3,000 ja_dev paragraphs (bench/RESULTS.md, ingest).
+# Full, it holds about 25 MB per process.
+@lru_cache(maxsize=1 << 17)
+def _term_dimension(field: str, term: str) -> int:
     digest = hashlib.blake2b(f"{field}\x1f{term}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") % TERM_SPACE
 
@@ -115,8 +120,8 @@ def _usable(term: str) -> bool:
 def _usable_counts(terms: Iterable[str]) -> Counter[str]:
     """Occurrences of each usable term (checked once per distinct term)."""
     counts = Counter(terms)
-    for t in [t for t in counts if not _usable(t)]:
-        del counts[t]
+    for unusable in [t for t in counts if not _usable(t)]:
+        del counts[unusable]
     return counts
 
 

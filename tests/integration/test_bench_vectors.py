@@ -40,5 +40,5 @@ def test_every_index_kind_is_measured_through_its_index(stack: Any) -> None:
         assert r["rows"] == len(vectors) and r["index_mb"] > 0 and r["load_rows_per_s"] > 0
     full = {(r["index"], r["ef_search"]): r["recall@10"] for r in results if r["dimensions"] == 300}
     assert full["hnsw_halfvec", 100] >= 0.9 and full["hnsw", 100] >= 0.9, full
-    for kind in kinds:  # a wider search finds at least as much (within one query's noise)
+    for kind in kinds:  # a wider search finds at least as much (0.01: two results of 200)
         assert full[kind, 100] >= full[kind, 40] - 0.01, full

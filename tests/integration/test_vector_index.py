@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from shared.config import Settings
 from shared.db.embeddings import INDEX_SUFFIXES, ModelTable, register_embedder
 from shared.db.pool import create_pool
 from shared.embed.embedder import Embedder, load_embedder
+from shared.ingest import finalize
 from shared.ingest.finalize import build_vector_index
 from shared.search import CollectionCache, Mode, SearchParams, search, search_sql
 from tests.helpers import wait_job
@@ -116,35 +118,43 @@ async def _ids(
 
 
 def test_a_parallel_build_without_the_shared_memory_builds_in_one_process(
-    stack: Any, sample_collection: str, caplog: pytest.LogCaptureFixture
+    stack: Any,
+    sample_collection: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A parallel HNSW build shares its graph in maintenance_work_mem's worth of shared memory;
-    where /dev/shm cannot hold it (a container's 64 MB) the build is done by one process."""
+    where /dev/shm cannot hold it (a container's 64 MB) the build is done by one process, and so
+    is every later build of that process."""
+    monkeypatch.setattr(finalize, "_parallel_failed", False)  # restored afterwards
     # More than any /dev/shm: the parallel build cannot allocate its segment.
     settings = Settings(
         database_url=stack.database_url,
         redis_url=stack.redis_url,
         hnsw_min_rows=1,
         hnsw_build_workers=2,
-        hnsw_build_memory_mb=1024 * 1024,  # 1 TB (the setting allows up to 2)
+        hnsw_build_memory_mb=1024 * 1024,  # 1 TB (maintenance_work_mem allows up to 2)
     )
-    asyncio.run(_build_without_shared_memory(settings, sample_collection))
-    assert "building it in one process" in caplog.text
+    with caplog.at_level(logging.INFO, logger=finalize.__name__):
+        asyncio.run(_build_without_shared_memory(settings, sample_collection, builds=2))
+    assert caplog.text.count("building it in one process") == 1, caplog.text
+    assert caplog.text.count("with 0 parallel workers") == 2, caplog.text
 
 
-async def _build_without_shared_memory(settings: Settings, collection: str) -> None:
+async def _build_without_shared_memory(settings: Settings, collection: str, builds: int) -> None:
     pool = await create_pool(settings, min_size=1)
     try:
         table = await register_embedder(pool, load_embedder(settings))
         cid = await pool.fetchval("SELECT id FROM collections WHERE name = $1", collection)
         index = table.index(cid)
-        await pool.execute(f"DROP INDEX IF EXISTS {index}")
         # The planner would give a partition this small no worker; the table setting does.
         await pool.execute(f"ALTER TABLE {table.partition(cid)} SET (parallel_workers = 2)")
         try:
-            async with pool.acquire() as conn:
-                assert await build_vector_index(conn, table, cid, settings)
-            assert await pool.fetchval("SELECT to_regclass($1) IS NOT NULL", index)
+            for _ in range(builds):
+                await pool.execute(f"DROP INDEX IF EXISTS {index}")
+                async with pool.acquire() as conn:
+                    assert await build_vector_index(conn, table, cid, settings)
+                assert await pool.fetchval("SELECT to_regclass($1) IS NOT NULL", index)
         finally:
             await pool.execute(f"ALTER TABLE {table.partition(cid)} RESET (parallel_workers)")
     finally:

@@ -14,6 +14,8 @@ from shared.db.queries import Q, parse_queries
 from shared.errors import ConfigError
 from shared.search import filter_groups, search_sql
 
+GRAPH = {"m": 16, "ef_construction": 64}  # pgvector's defaults, kensaku's too
+
 
 def test_parse_queries_splits_named_blocks() -> None:
     text = "-- name: one\nSELECT 1;\n\n-- name: two\n-- a comment\nSELECT 2;\n"
@@ -48,11 +50,12 @@ def test_each_vector_index_kind_has_its_own_index_and_query() -> None:
     assert len(names) == len(INDEX_SUFFIXES) and max(map(len, names)) <= 63  # Postgres's limit
     assert ModelTable("m", "emb_m", 300).index(7) == "emb_m_c7_hnsw"  # the name it always had
     binary = ModelTable("m", "emb_m", 300, index_kind="hnsw_binary")
-    assert "bit_hamming_ops" in binary.index_method(50_000)
+    assert "bit_hamming_ops" in binary.index_method(50_000, **GRAPH)
     # The HNSW graph's shape (KENSAKU_HNSW_M, KENSAKU_HNSW_EF_CONSTRUCTION) goes to every kind
     # that builds one.
     for kind in ("hnsw", "hnsw_halfvec", "hnsw_binary"):
-        method = ModelTable("m", "emb_m", 300, index_kind=kind).index_method(1, 24, 100)
+        table = ModelTable("m", "emb_m", 300, index_kind=kind)
+        method = table.index_method(1, m=24, ef_construction=100)
         assert method.endswith(" WITH (m = 24, ef_construction = 100)"), method
     with pytest.raises(ValueError, match="at least twice hnsw_m"):
         Settings(hnsw_m=40, hnsw_ef_construction=64)
@@ -60,9 +63,9 @@ def test_each_vector_index_kind_has_its_own_index_and_query() -> None:
     assert "<~> binary_quantize($5::halfvec)" in sql and "LIMIT $3 * 4" in sql
     # ivfflat: rows / 1000 lists, then sqrt(rows) past a million.
     ivf = ModelTable("m", "emb_m", 300, index_kind="ivfflat")
-    assert ivf.index_method(100).endswith("(lists = 1)")
-    assert ivf.index_method(60_000).endswith("(lists = 60)")
-    assert ivf.index_method(4_000_000).endswith("(lists = 2000)")
+    assert ivf.index_method(100, **GRAPH).endswith("(lists = 1)")
+    assert ivf.index_method(60_000, **GRAPH).endswith("(lists = 60)")
+    assert ivf.index_method(4_000_000, **GRAPH).endswith("(lists = 2000)")
     assert "::vector(300)" in search_sql(
         "hybrid", True, ModelTable("m", "emb_m", 300, index_kind="hnsw"), 4
     )
@@ -89,7 +92,7 @@ def test_an_index_over_the_first_dimensions_reranks_with_all_of_them() -> None:
     half = ModelTable("m", "emb_m", 300, index_dimensions=64)
     assert half.reduced and half.reranks and half.dimensions_stored == 64
     assert half.index(7) == "emb_m_c7_dh1s"  # 64 in base 36
-    assert half.index_method(50_000) == (
+    assert half.index_method(50_000, **GRAPH) == (
         "hnsw ((subvector(embedding, 1, 64)::halfvec(64)) halfvec_cosine_ops) "
         "WITH (m = 16, ef_construction = 64)"
     )
@@ -102,7 +105,7 @@ def test_an_index_over_the_first_dimensions_reranks_with_all_of_them() -> None:
     assert "LIMIT $3 * 4" in sql and "b.embedding <=> $5 AS distance" in sql
     binary = ModelTable("m", "emb_m", 300, index_kind="hnsw_binary", index_dimensions=128)
     assert "binary_quantize(subvector(embedding, 1, 128)::halfvec(128))::bit(128)" in (
-        binary.index_method(1)
+        binary.index_method(1, **GRAPH)
     )
     # All dimensions is no reduction: the plain index and query.
     same = ModelTable("m", "emb_m", 300, index_dimensions=300)

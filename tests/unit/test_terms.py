@@ -77,12 +77,14 @@ def test_chunk_terms_hold_both_fields() -> None:
 
 
 def test_chunk_terms_drop_unusable_terms_and_cap_their_number() -> None:
-    # Limits are in UTF-8 bytes: 86 kanji are 258 bytes, 85 are 255.
+    # Limits are in UTF-8 bytes: 86 kanji are 258 bytes, 85 are 255; 65 four-byte characters
+    # are 260, 64 are 256.
     long_kanji, fits = "漢" * (MAX_TERM_BYTES // 3 + 1), "漢" * (MAX_TERM_BYTES // 3)
-    words = ["", "a\x00b", "x" * (MAX_TERM_BYTES + 1), long_kanji, "ok", fits, "ok"]
-    t = chunk_terms(words, [], WORDS, GRAMS)
-    assert list(t.words) == ["ok", fits]
-    assert t.word_count == 3
+    long_rare, fits_rare = "𠀋" * (MAX_TERM_BYTES // 4 + 1), "𠀋" * (MAX_TERM_BYTES // 4)
+    words = ["", "a\x00b", "x" * (MAX_TERM_BYTES + 1), long_kanji, long_rare, "ok", fits, fits_rare]
+    t = chunk_terms([*words, "ok"], [], WORDS, GRAMS)
+    assert list(t.words) == ["ok", fits, fits_rare]
+    assert t.word_count == 4
     many = [f"w{i}" for i in range(MAX_TERMS_PER_CHUNK + 100)]
     capped = chunk_terms(many, [], WORDS, GRAMS)
     assert len(capped.dimensions) <= MAX_TERMS_PER_CHUNK
