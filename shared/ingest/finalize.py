@@ -145,7 +145,7 @@ async def build_vector_index(
         started = time.perf_counter()
         await _build(conn, create, collection_id, settings, workers)
     log.info(
-        "built %s (%s) over %d vectors in %.1f s with %d parallel workers",
+        "built %s (%s) over %d vectors in %.1f s (%d parallel workers asked for)",
         table.index(collection_id),
         table.index_kind,
         rows,

@@ -138,7 +138,7 @@ def test_a_parallel_build_without_the_shared_memory_builds_in_one_process(
     with caplog.at_level(logging.INFO, logger=finalize.__name__):
         asyncio.run(_build_without_shared_memory(settings, sample_collection, builds=2))
     assert caplog.text.count("building it in one process") == 1, caplog.text
-    assert caplog.text.count("with 0 parallel workers") == 2, caplog.text
+    assert caplog.text.count("(0 parallel workers asked for)") == 2, caplog.text
 
 
 async def _build_without_shared_memory(settings: Settings, collection: str, builds: int) -> None:
