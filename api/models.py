@@ -93,7 +93,11 @@ class ServedModels:
                     load_embedder, settings, threads=settings.query_threads
                 )
             table = await register_embedder(
-                self.pool, embedder, settings.vector_index, settings.vector_dimensions
+                self.pool,
+                embedder,
+                settings.vector_index,
+                settings.vector_dimensions,
+                settings.vector_projection,
             )
             served = Served(embedder, table)
             self._loaded[name] = self._loaded[table.model] = served

@@ -108,6 +108,8 @@ class Embedding(BaseModel):
     vector_unit: str
     index: str
     dimensions_stored: int
+    # How a reduced index's dimensions are made (KENSAKU_VECTOR_PROJECTION); null: all of them.
+    projection: Literal["pca", "prefix"] | None
 
 
 class Readiness(BaseModel):

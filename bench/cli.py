@@ -35,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     ve.add_argument("--rows", default="100000", help="comma-separated sizes, e.g. 100000,1000000")
     ve.add_argument("--index", default="hnsw,hnsw_halfvec,hnsw_binary,ivfflat")
     ve.add_argument("--dimensions", default="0", help="KENSAKU_VECTOR_DIMENSIONS values (0: all)")
+    ve.add_argument(
+        "--projection",
+        default="",
+        help="KENSAKU_VECTOR_PROJECTION values for reduced dimensions, e.g. pca,prefix "
+        "(default: the setting)",
+    )
     ve.add_argument("--sample-queries", type=int, default=200)
     ve.add_argument(
         "--ef-search",
@@ -82,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             dimensions=[int(x) for x in args.dimensions.split(",")],
             n_queries=args.sample_queries,
             ef_search=[int(x) for x in args.ef_search.split(",") if x],
+            projections=[x for x in args.projection.split(",") if x],
         )
     if args.what == "tune":
         from bench.tune import main as tune

@@ -5,7 +5,8 @@ embeds them; ja_dev gives about 60,000), then, up to ``--rows``, the normalized 
 random real sentence vectors, which for this bag-of-words model is the vector of the two
 sentences written together. Queries: the corpus's questions, encoded as the API encodes them.
 
-For each KENSAKU_VECTOR_INDEX kind and each KENSAKU_VECTOR_DIMENSIONS value, on an embedded
+For each KENSAKU_VECTOR_INDEX kind and each KENSAKU_VECTOR_DIMENSIONS value (reduced ones for
+each ``--projection``: the first N dimensions, or PCA fitted at the build), on an embedded
 PostgreSQL with one partition, as a collection's is: binary COPY load in rows/s, the index build
 (kensaku's own `build_vector_index`) in seconds, table and index size, recall@10 of kensaku's
 vector SQL (search.sql's vector fragment, with its re-ranking where the index is approximate)
@@ -30,7 +31,14 @@ import asyncpg
 import numpy as np
 
 from shared.config import Settings, get_settings
-from shared.db.embeddings import ModelTable, ensure_model_table, ensure_partition
+from shared.db.bases import load_basis
+from shared.db.embeddings import (
+    PROJECTIONS,
+    ModelTable,
+    copy_vectors,
+    ensure_model_table,
+    ensure_partition,
+)
 from shared.db.migrate import migrate
 from shared.db.pool import create_pool
 from shared.db.queries import Q
@@ -43,6 +51,7 @@ from shared.text.pipeline import embedding_input, unit_texts
 
 COLLECTION_ID = 1
 TOP_K = 10
+_LOAD_BATCH = 10_000
 
 
 def corpus_vectors(corpus: Path, queries: Path, rows: int, n_queries: int, seed: int = 7) -> Any:
@@ -93,19 +102,19 @@ def search_sql(table: ModelTable, rerank: int) -> str:
     )
     sql = sql.replace("{vector_filter}", "").replace("{rerank}", str(rerank))
     sql = sql.replace("LIMIT $3", "LIMIT $2").replace("$3 *", "$2 *").replace("{vec}", "$1")
-    return table.sql(sql, COLLECTION_ID)
+    return table.sql(sql.replace("{red}", "$3"), COLLECTION_ID)
 
 
 async def _latencies(
-    pool: asyncpg.Pool, sql: str, queries: np.ndarray, concurrency: int
+    pool: asyncpg.Pool, sql: str, args: list[tuple[Any, ...]], concurrency: int
 ) -> list[float]:
     times: list[float] = []
-    order = list(range(len(queries)))
+    order = list(range(len(args)))
 
     async def client(part: list[int]) -> None:
         for i in part:
             started = time.perf_counter()
-            await pool.fetch(sql, queries[i], TOP_K)
+            await pool.fetch(sql, *args[i])
             times.append(time.perf_counter() - started)
 
     await asyncio.gather(*(client(order[c::concurrency]) for c in range(concurrency)))
@@ -120,9 +129,10 @@ async def measure(
     kinds: list[str],
     dimensions: list[int],
     ef_search: list[int],
+    projections: list[str],
 ) -> list[dict[str, Any]]:
-    """One build per kind and dimensions; recall and latency for each ef_search on it (HNSW
-    kinds; IVFFlat is measured once, at its probes)."""
+    """One build per kind, dimensions and projection; recall and latency for each ef_search on
+    it (HNSW kinds; IVFFlat is measured once, at its probes)."""
     results = []
     pool = await create_pool(settings, min_size=1, role="worker")
     try:
@@ -135,25 +145,32 @@ async def measure(
             query_prompt=None,
             document_prompt=None,
         )
-        for kind in kinds:
-            for dims in dimensions:
-                table = dataclasses.replace(base, index_kind=kind, index_dimensions=dims)
-                built = await _build(pool, settings, table, vectors)
-                efs = ef_search if kind.startswith("hnsw") else [settings.hnsw_ef_search]
-                for ef in efs:
-                    tuned = settings.model_copy(update={"hnsw_ef_search": ef})
-                    r = built | await _search(tuned, table, queries, truth)
-                    if not kind.startswith("hnsw"):
-                        r["ef_search"] = None  # IVFFlat searches by its probes
-                    results.append(r)
-                    shown = ef if kind.startswith("hnsw") else "-"
-                    print(
-                        f"  {kind:<13} {r['dimensions']:>5} {shown:>5} "
-                        f"{r['load_rows_per_s']:>9,.0f} {r['build_s']:>8.1f} {r['table_mb']:>8.1f} "
-                        f"{r['index_mb']:>8.1f} {r['recall@10']:>7.3f} {r['p50_ms_c1']:>7.2f} "
-                        f"{r['p95_ms_c1']:>7.2f} {r['p50_ms_c8']:>7.2f} {r['p95_ms_c8']:>7.2f}",
-                        flush=True,
-                    )
+        variants = [
+            (kind, dims, proj)
+            for kind in kinds
+            for dims in dimensions
+            for proj in (projections if 0 < dims < vectors.shape[1] else projections[:1])
+        ]
+        for kind, dims, proj in variants:
+            table = dataclasses.replace(
+                base, index_kind=kind, index_dimensions=dims, projection=proj
+            )
+            built = await _build(pool, settings, table, vectors)
+            efs = ef_search if kind.startswith("hnsw") else [settings.hnsw_ef_search]
+            for ef in efs:
+                tuned = settings.model_copy(update={"hnsw_ef_search": ef})
+                r = built | await _search(tuned, table, queries, truth)
+                if not kind.startswith("hnsw"):
+                    r["ef_search"] = None  # IVFFlat searches by its probes
+                results.append(r)
+                shown = ef if kind.startswith("hnsw") else "-"
+                print(
+                    f"  {kind:<13} {r['dimensions']:>5} {r['projection']:>6} {shown:>5} "
+                    f"{r['load_rows_per_s']:>9,.0f} {r['build_s']:>8.1f} {r['table_mb']:>8.1f} "
+                    f"{r['index_mb']:>8.1f} {r['recall@10']:>7.3f} {r['p50_ms_c1']:>7.2f} "
+                    f"{r['p95_ms_c1']:>7.2f} {r['p50_ms_c8']:>7.2f} {r['p95_ms_c8']:>7.2f}",
+                    flush=True,
+                )
     finally:
         await pool.close()
     return results
@@ -163,18 +180,18 @@ async def _build(
     pool: asyncpg.Pool, settings: Settings, table: ModelTable, vectors: np.ndarray
 ) -> dict[str, Any]:
     partition = table.partition(COLLECTION_ID)
-    await pool.execute(f"DROP TABLE IF EXISTS {partition}")
-    await ensure_partition(pool, table, COLLECTION_ID)
+    await pool.execute(f"DROP TABLE IF EXISTS {partition}")  # and with it any basis it had
     started = time.perf_counter()
-    async with pool.acquire() as conn:
-        for at in range(0, len(vectors), 50_000):
-            await conn.copy_records_to_table(
-                partition,
-                records=(
-                    (i, 0, COLLECTION_ID, vectors[i].astype(np.float16))
-                    for i in range(at, min(at + 50_000, len(vectors)))
-                ),
-                columns=["chunk_id", "unit", "collection_id", "embedding"],
+    for at in range(0, len(vectors), _LOAD_BATCH):
+        # As a worker writes: a PCA basis is fitted once the partition holds enough vectors, and
+        # every later row is written with its projection.
+        await ensure_partition(pool, table, COLLECTION_ID)
+        async with pool.acquire() as conn, conn.transaction():
+            await copy_vectors(
+                conn,
+                table,
+                COLLECTION_ID,
+                [(i, 0, vectors[i]) for i in range(at, min(at + _LOAD_BATCH, len(vectors)))],
             )
     load_s = time.perf_counter() - started
     await pool.execute(f"VACUUM (ANALYZE) {partition}")
@@ -193,6 +210,7 @@ async def _build(
     return {
         "index": table.index_kind,
         "dimensions": table.dimensions_stored,
+        "projection": table.projection if table.reduced else "-",
         "rows": len(vectors),
         "load_rows_per_s": len(vectors) / load_s,
         "build_s": build_s,
@@ -208,13 +226,18 @@ async def _search(
     pool = await create_pool(settings, min_size=1, role="worker")
     try:
         sql = search_sql(table, settings.binary_rerank_factor)
-        plan = "\n".join(r[0] for r in await pool.fetch("EXPLAIN " + sql, queries[0], TOP_K))
+        args: list[tuple[Any, ...]] = [(q, TOP_K) for q in queries]
+        if table.pca:  # the query's projection on the basis the build fitted
+            basis = await load_basis(pool, table, COLLECTION_ID)
+            assert basis is not None, "the PCA build fitted no basis"
+            args = [(q, TOP_K, p) for q, p in zip(queries, basis.project(queries), strict=True)]
+        plan = "\n".join(r[0] for r in await pool.fetch("EXPLAIN " + sql, *args[0]))
         assert table.index(COLLECTION_ID) in plan, plan  # the index is what answers
-        found = [{r["chunk_id"] for r in await pool.fetch(sql, q, TOP_K)} for q in queries]
+        found = [{r["chunk_id"] for r in await pool.fetch(sql, *a)} for a in args]
         recall = float(np.mean([len(f & t) / TOP_K for f, t in zip(found, truth, strict=True)]))
-        await _latencies(pool, sql, queries[:20], 1)  # warm the index's pages
-        c1 = await _latencies(pool, sql, queries, 1)
-        c8 = await _latencies(pool, sql, queries, 8)
+        await _latencies(pool, sql, args[:20], 1)  # warm the index's pages
+        c1 = await _latencies(pool, sql, args, 1)
+        c8 = await _latencies(pool, sql, args, 8)
     finally:
         await pool.close()
     return {
@@ -235,9 +258,14 @@ def main(
     dimensions: list[int],
     n_queries: int = 200,
     ef_search: list[int] | None = None,
+    projections: list[str] | None = None,
 ) -> int:
     base = get_settings()
     efs = ef_search or [base.hnsw_ef_search]
+    projs = projections or [base.vector_projection]
+    if unknown := [p for p in projs if p not in PROJECTIONS]:
+        print(f"--projection {unknown}: one of {', '.join(PROJECTIONS)}", file=sys.stderr)
+        return 2
     if bad := [e for e in efs if not 1 <= e <= 1000]:
         print(f"--ef-search {bad}: outside pgvector's 1 to 1000", file=sys.stderr)
         return 2
@@ -257,12 +285,13 @@ def main(
                 )
                 truth = exact_top(vectors, q)
                 print(
-                    f"  {'index':<13} {'dims':>5} {'ef':>5} {'load r/s':>9} {'build s':>8} "
+                    f"  {'index':<13} {'dims':>5} {'proj':>6} {'ef':>5} {'load r/s':>9} "
+                    f"{'build s':>8} "
                     f"{'table MB':>8} {'index MB':>8} {'rec@10':>7} {'p50 c1':>7} {'p95 c1':>7} "
                     f"{'p50 c8':>7} {'p95 c8':>7}"
                 )
                 settings = base.model_copy(update={"database_url": pg.url, "hnsw_min_rows": 0})
-                asyncio.run(measure(settings, vectors, q, truth, kinds, dimensions, efs))
+                asyncio.run(measure(settings, vectors, q, truth, kinds, dimensions, efs, projs))
         finally:
             pg.stop()
     return 0

@@ -114,7 +114,11 @@ def _reembed_in_place(settings: Settings, model: str | None, collection: str | N
                     "`kensaku model cancel`, before re-embedding in place"
                 )
             table = await register_embedder(
-                pool, counter, settings.vector_index, settings.vector_dimensions
+                pool,
+                counter,
+                settings.vector_index,
+                settings.vector_dimensions,
+                settings.vector_projection,
             )
             await registry.flip(pool, table, complete=False)
             print(
@@ -181,7 +185,11 @@ def switch_to(settings: Settings, model: str) -> int:
         if before is not None:  # refused before anything is registered
             await check_chunker(pool, embedder.name, chunker)
         table = await register_embedder(
-            pool, embedder, settings.vector_index, settings.vector_dimensions
+            pool,
+            embedder,
+            settings.vector_index,
+            settings.vector_dimensions,
+            settings.vector_projection,
         )
         if before is None:  # a fresh database: the first model registered is the active one
             print(f"{table.model} is the active model")

@@ -138,6 +138,12 @@ class Settings(BaseSettings):
     # A collection still below hnsw_min_rows is ranked the same way (prefix, then re-rank),
     # not by a full exact scan.
     vector_dimensions: int = Field(0, ge=0, le=4000)
+    # How those N dimensions are made. pca: the first N principal components of the collection's
+    # own vectors, fitted on 5,000 of them (the vectors stay stored as they are;
+    # shared/db/bases.py); prefix: the first N stored dimensions, for a Matryoshka model. On
+    # 100,000 vectors of the default model an exact first pass over 150 dimensions kept 0.957 of
+    # the true top 10 with prefix, 0.986 with pca (bench/RESULTS.md).
+    vector_projection: Literal["pca", "prefix"] = "pca"
     binary_rerank_factor: int = Field(4, ge=1, le=100)
     ivfflat_probes: int = Field(10, ge=1, le=10_000)
 

@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import asyncpg
+import numpy as np
 
 from shared import metrics
 from shared.config import Settings
+from shared.db.bases import Basis, load_basis
 from shared.db.embeddings import ModelTable
 from shared.db.queries import Q
 from shared.embed.embedder import Embedder
@@ -36,7 +38,9 @@ class SearchParams:
     filter: dict[str, FilterValue | list[FilterValue]] | None = None
 
 
-def _compose(query: str, *, filtered: bool, vec: str, table: ModelTable, rerank: int) -> str:
+def _compose(
+    query: str, *, filtered: bool, vec: str, red: str, table: ModelTable, rerank: int
+) -> str:
     """A search query with the shared fragments of search.sql put in, for ``table``'s kind of
     index (the partition and the dimension are ModelTable.sql's to fill)."""
     vector = Q.fragment_vector_rerank if table.reranks else Q.fragment_vector
@@ -55,21 +59,23 @@ def _compose(query: str, *, filtered: bool, vec: str, table: ModelTable, rerank:
         sql = sql.replace(
             "{vector_filter}", "WHERE $1::integer IS NOT NULL AND $4::jsonb IS NOT NULL"
         )
-    return sql.replace("{vec}", vec)
+    return sql.replace("{vec}", vec).replace("{red}", red)
 
 
-_SOURCES: dict[Mode, tuple[str, str]] = {
-    "lexical": (Q.search_lexical, ""),
-    "vector": (Q.search_vector, "$5"),
-    "hybrid": (Q.search_hybrid, "$11"),
+# Each mode's query and its parameters for the query vector and, for a PCA index, the vector's
+# projection (the last parameter, passed only when the partition has a basis).
+_SOURCES: dict[Mode, tuple[str, str, str]] = {
+    "lexical": (Q.search_lexical, "", ""),
+    "vector": (Q.search_vector, "$5", "$6"),
+    "hybrid": (Q.search_hybrid, "$11", "$13"),
 }
 
 
 @functools.cache
 def search_sql(mode: Mode, filtered: bool, table: ModelTable, rerank: int) -> str:
     """The query of ``mode`` for ``table`` (its partition left as a placeholder), composed once."""
-    query, vec = _SOURCES[mode]
-    return _compose(query, filtered=filtered, vec=vec, table=table, rerank=rerank)
+    query, vec, red = _SOURCES[mode]
+    return _compose(query, filtered=filtered, vec=vec, red=red, table=table, rerank=rerank)
 
 
 def _storable(value: object) -> bool:
@@ -108,12 +114,15 @@ def filter_groups(flt: dict[str, FilterValue | list[FilterValue]] | None) -> str
 class CollectionInfo:
     id: int
     has_vectors: bool
+    basis: Basis | None = None  # for a PCA index (shared/db/bases.py), once it is fitted
 
 
 class CollectionCache:
-    """Collection name → id and whether its vector partition exists, kept for a few seconds so
-    a search is one round trip. A collection's id never changes while it exists; a partition
-    appears with the collection's first vectors."""
+    """Collection name → id, whether its vector partition exists and its basis, kept for a few
+    seconds so a search is one round trip. A collection's id never changes while it exists; a
+    partition appears with the collection's first vectors. A basis fitted anew (another N) is
+    seen within the ttl; until then the index's first pass is coarser, and the candidates are
+    still ranked by their exact cosine."""
 
     def __init__(self, ttl: float = 5.0) -> None:
         self.ttl = ttl
@@ -130,7 +139,9 @@ class CollectionCache:
             self._entries.pop(key, None)
             raise NotFoundError(f"collection {name!r} not found")
         state = await pool.fetchrow(Q.partition_state, table.partition(cid), table.index(cid))
-        info = CollectionInfo(int(cid), bool(state and state["present"]))
+        present = bool(state and state["present"])
+        basis = await load_basis(pool, table, int(cid)) if present and table.pca else None
+        info = CollectionInfo(int(cid), present, basis)
         # Without vectors yet, look again soon: the first ones may be a moment away.
         self._entries[key] = (now + (self.ttl if info.has_vectors else 1.0), info)
         if len(self._entries) > 10_000:
@@ -196,12 +207,19 @@ async def search(
                 )
         elif info.has_vectors:
             vector = await _encode_query(embedder, params.query, terms)
-            sql = table.sql(search_sql(mode, filtered, table, rerank), info.id)
+            ranked, projected = _projection(table, info.basis, vector)
+            sql = ranked.sql(search_sql(mode, filtered, ranked, rerank), info.id)
             if mode == "vector":
-                args: tuple[Any, ...] = (*common, vector)
+                args: tuple[Any, ...] = (*common, vector, *projected)
             else:
                 q = lexical_query(terms, settings)
-                args = (*common, *_lexical_args(q, settings), vector, settings.hybrid_vector_weight)
+                args = (
+                    *common,
+                    *_lexical_args(q, settings),
+                    vector,
+                    settings.hybrid_vector_weight,
+                    *projected,
+                )
             rows = await pool.fetch(sql, *args, timeout=timeout)
             if filtered and len(rows) < params.top_k:
                 # An index scan under a selective filter can stop short (pgvector ends an
@@ -247,6 +265,19 @@ async def _exact(
         async with db.acquire() as conn:
             return await run(conn)
     return await run(db)
+
+
+def _projection(
+    table: ModelTable, basis: Basis | None, vector: Any
+) -> tuple[ModelTable, tuple[np.ndarray, ...]]:
+    """How the partition is ranked, and the extra parameter that takes: a PCA index is read
+    with the query projected on the partition's basis; before the basis of the index's size
+    is fitted, the partition is ranked by the full vectors."""
+    if not table.pca:
+        return table, ()
+    if basis is None or basis.components != table.index_dimensions:
+        return table.unprojected(), ()
+    return table, (basis.project(np.asarray(vector, dtype=np.float32)),)
 
 
 async def _encode_query(embedder: Embedder, text: str, terms: QueryTerms) -> Any:

@@ -147,6 +147,7 @@ class ModelSlot:
                 self.counter,
                 self.settings.vector_index,
                 self.settings.vector_dimensions,
+                self.settings.vector_projection,
             )
         )
         log.info("worker %s writes vectors of %s to %s", self.rt.pid, table.model, table.table)

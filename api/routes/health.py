@@ -59,6 +59,7 @@ async def readyz(st: State) -> JSONResponse:
         "vector_unit": served.table.vector_unit,
         "index": served.table.index_kind,
         "dimensions_stored": served.table.dimensions_stored,
+        "projection": served.table.projection if served.table.reduced else None,
     }
     checks["registry_model"] = st.models.registry_active
     behind = st.models.behind_too_long()

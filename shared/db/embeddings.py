@@ -9,12 +9,14 @@ import dataclasses
 import hashlib
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import asyncpg
 import numpy as np
 
+from shared.db.bases import basis_for_write, fit_when_due
 from shared.db.queries import Q
 from shared.errors import ConfigError
 
@@ -41,6 +43,9 @@ INDEX_SUFFIXES = {"hnsw_halfvec": "hnsw", "hnsw": "hf", "hnsw_binary": "hb", "iv
 # N in base 36 (at most 3 characters for 4,000): never one of the names above, within
 # Postgres's 63 characters, and a change of N is a new index.
 _REDUCED_LETTERS = {"hnsw_halfvec": "h", "hnsw": "f", "hnsw_binary": "b", "ivfflat": "i"}
+# How those N dimensions are made (KENSAKU_VECTOR_PROJECTION): the first N stored ones ("d" names
+# above), or the first N principal components of the partition's vectors ("p" names).
+PROJECTIONS = {"prefix": "d", "pca": "p"}
 
 
 def _base36(n: int) -> str:
@@ -56,8 +61,9 @@ def _base36(n: int) -> str:
 @dataclass(frozen=True)
 class ModelTable:
     """A model's embedding table (one partition per collection) and how its vectors were made,
-    with the kind of index its partitions get (KENSAKU_VECTOR_INDEX) and how many of the
-    vectors' dimensions it holds (KENSAKU_VECTOR_DIMENSIONS; 0: all)."""
+    with the kind of index its partitions get (KENSAKU_VECTOR_INDEX), how many of the
+    vectors' dimensions it holds (KENSAKU_VECTOR_DIMENSIONS; 0: all) and how they are made
+    (KENSAKU_VECTOR_PROJECTION: the first N, or N principal components, shared/db/bases.py)."""
 
     model: str
     table: str
@@ -65,11 +71,16 @@ class ModelTable:
     vector_unit: str = "chunk"
     index_kind: str = "hnsw_halfvec"
     index_dimensions: int = 0
+    projection: str = "prefix"
 
     def __post_init__(self) -> None:
         if self.index_kind not in INDEX_SUFFIXES:
             raise ConfigError(
                 f"unknown vector index {self.index_kind!r}; one of {', '.join(INDEX_SUFFIXES)}"
+            )
+        if self.projection not in PROJECTIONS:
+            raise ConfigError(
+                f"unknown vector projection {self.projection!r}; one of {', '.join(PROJECTIONS)}"
             )
         if self.index_dimensions > self.dimension:
             raise ConfigError(
@@ -91,6 +102,16 @@ class ModelTable:
         return 0 < self.index_dimensions < self.dimension
 
     @property
+    def pca(self) -> bool:
+        """Whether the index holds principal components of the partition's own vectors: its
+        rows' ``reduced`` column, and the query projected on the partition's basis."""
+        return self.reduced and self.projection == "pca"
+
+    def unprojected(self) -> ModelTable:
+        """How a partition without its basis yet is ranked: by the full vectors."""
+        return dataclasses.replace(self, index_dimensions=0)
+
+    @property
     def reranks(self) -> bool:
         """Whether the index's order is an approximation re-ranked by the stored vectors."""
         return self.index_kind == "hnsw_binary" or self.reduced
@@ -101,23 +122,30 @@ class ModelTable:
     def index(self, collection_id: int, kind: str | None = None) -> str:
         kind = kind or self.index_kind
         if self.reduced and kind == self.index_kind:
-            suffix = "d" + _REDUCED_LETTERS[kind] + _base36(self.index_dimensions)
+            suffix = (
+                PROJECTIONS[self.projection]
+                + _REDUCED_LETTERS[kind]
+                + _base36(self.index_dimensions)
+            )
         else:
             suffix = INDEX_SUFFIXES[kind]
         return f"{self.partition(collection_id)}_{suffix}"
 
-    def _indexed(self, vector: str) -> str:
-        """The vector the index holds: the stored one, or its first N dimensions (a Matryoshka
-        model's prefix; for others a coarser first pass, re-ranked by the full vectors)."""
+    def _indexed(self, vector: str, projected: str) -> str:
+        """The vector the index holds: the stored one, its first N dimensions (a Matryoshka
+        model's prefix; for others a coarser first pass, re-ranked by the full vectors), or its
+        projection on the partition's N principal axes (``projected``)."""
         if not self.reduced:
             return vector
         n = self.index_dimensions
+        if self.pca:
+            return f"{projected}::halfvec({n})"
         return f"subvector({vector}, 1, {n})::halfvec({n})"
 
     def index_method(self, rows: int, *, m: int, ef_construction: int) -> str:
         """The USING clause of a partition's index over ``rows`` vectors; ``m`` and
         ``ef_construction`` shape an HNSW graph."""
-        d, held = self.dimensions_stored, self._indexed("embedding")
+        d, held = self.dimensions_stored, self._indexed("embedding", "reduced")
         graph = f"WITH (m = {int(m)}, ef_construction = {int(ef_construction)})"
         if self.index_kind == "hnsw":
             return f"hnsw (({held}::vector({d})) vector_cosine_ops) {graph}"
@@ -133,9 +161,10 @@ class ModelTable:
     @property
     def vector_order(self) -> str:
         """The nearest-first ORDER BY expression the partition's index serves ({vec}: the
-        query vector)."""
+        query vector; {red}: its projection on the partition's basis)."""
         d = self.dimensions_stored
-        row, query = self._indexed("e.embedding"), self._indexed("{vec}::halfvec")
+        row = self._indexed("e.embedding", "e.reduced")
+        query = self._indexed("{vec}::halfvec", "{red}")
         if self.index_kind == "hnsw":
             if not self.reduced:
                 query = "{vec}"
@@ -241,9 +270,10 @@ async def register_embedder(
     embedder: EmbedderInfo,
     index_kind: str = "hnsw_halfvec",
     index_dimensions: int = 0,
+    projection: str = "prefix",
 ) -> ModelTable:
     """``ensure_model_table`` for a loaded model; its partitions get ``index_kind`` indexes over
-    ``index_dimensions`` of the vectors (0: all)."""
+    ``index_dimensions`` of the vectors (0: all), made as ``projection`` says."""
     table = await ensure_model_table(
         pool,
         model=embedder.name,
@@ -253,15 +283,19 @@ async def register_embedder(
         query_prompt=embedder.query_prompt,
         document_prompt=embedder.document_prompt,
     )
-    return dataclasses.replace(table, index_kind=index_kind, index_dimensions=index_dimensions)
+    return dataclasses.replace(
+        table, index_kind=index_kind, index_dimensions=index_dimensions, projection=projection
+    )
 
 
 async def ensure_partition(pool: asyncpg.Pool, mt: ModelTable, collection_id: int) -> None:
     """Create the collection's partition if missing, in its own short transaction (the DDL locks
-    the parent table briefly; a bulk write must not hold that lock)."""
+    the parent table briefly; a bulk write must not hold that lock). Called before every write
+    of vectors: it also fits the partition's basis when that is due (shared/db/bases.py)."""
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(Q.advisory_xact_lock, _PARTITION_LOCK, collection_id)
         await conn.execute(mt.sql(Q.create_partition, collection_id))
+    await fit_when_due(pool, mt, collection_id)
 
 
 async def replace_embeddings(
@@ -273,10 +307,24 @@ async def replace_embeddings(
 ) -> None:
     """Idempotent write inside the caller's transaction: the chunks' vectors are deleted, then
     ``rows`` of (chunk id, unit, vector) are binary-COPYed into the collection's partition."""
-    partition = mt.partition(collection_id)
     await conn.execute(mt.sql(Q.delete_embeddings, collection_id), chunk_ids)
+    await copy_vectors(conn, mt, collection_id, rows)
+
+
+async def copy_vectors(
+    conn: asyncpg.Connection,
+    mt: ModelTable,
+    collection_id: int,
+    rows: Sequence[tuple[int, int, np.ndarray]],
+) -> None:
+    """COPY (chunk id, unit, vector) rows into the collection's partition, inside the caller's
+    transaction, each with its projection where the partition has a basis (shared/db/bases.py)."""
+    basis = await basis_for_write(conn, mt, collection_id)
+    projected: Sequence[np.ndarray | None] = [None] * len(rows)
+    if basis is not None and rows:
+        projected = list(basis.project(np.stack([v for _, _, v in rows])))
     await conn.copy_records_to_table(
-        partition,
-        records=((c, u, collection_id, v) for c, u, v in rows),
-        columns=["chunk_id", "unit", "collection_id", "embedding"],
+        mt.partition(collection_id),
+        records=((c, u, collection_id, v, p) for (c, u, v), p in zip(rows, projected, strict=True)),
+        columns=["chunk_id", "unit", "collection_id", "embedding", "reduced"],
     )

@@ -23,6 +23,7 @@ import uuid
 import asyncpg
 
 from shared.config import Settings
+from shared.db.bases import fit_partition, load_basis
 from shared.db.embeddings import ModelTable
 from shared.db.queries import Q
 
@@ -106,11 +107,30 @@ async def _build(
         await conn.execute(create, timeout=_LONG)
 
 
+async def _ensure_basis(
+    conn: asyncpg.Connection, table: ModelTable, collection_id: int, settings: Settings
+) -> None:
+    """Fit the partition's principal components for a PCA index (shared/db/bases.py) unless it
+    has a basis of the index's size already."""
+    basis = await load_basis(conn, table, collection_id)
+    if basis is not None and basis.components == table.index_dimensions:
+        return
+    # Filling in the projections updates every row, and with it every index of the partition
+    # (an HNSW graph inserts row by row): the old vector indexes go first, and searches are
+    # exact until the new one is built.
+    for row in await conn.fetch(Q.partition_indexes, table.partition(collection_id)):
+        await conn.execute(Q.drop_partition_index.replace("{index}", row["name"]))
+    await fit_partition(conn, table, collection_id, table.index_dimensions)
+    # The update left a dead version of every row; VACUUM runs outside a transaction.
+    await conn.execute(Q.vacuum_tables.format(tables=table.partition(collection_id)), timeout=_LONG)
+
+
 async def build_vector_index(
     conn: asyncpg.Connection, table: ModelTable, collection_id: int, settings: Settings
 ) -> bool:
     """Build the partition's index (KENSAKU_VECTOR_INDEX) if it is missing and the partition is
-    large enough, then drop any of another kind.
+    large enough, then drop any of another kind. A PCA index (KENSAKU_VECTOR_PROJECTION) first
+    gets its basis fitted on the partition's vectors.
     Writes to the partition wait during the build; searches go on (exactly)."""
     state = await conn.fetchrow(
         Q.partition_state, table.partition(collection_id), table.index(collection_id)
@@ -124,6 +144,8 @@ async def build_vector_index(
         "{index_method}",
         table.index_method(rows, m=settings.hnsw_m, ef_construction=settings.hnsw_ef_construction),
     )
+    if table.pca:
+        await _ensure_basis(conn, table, collection_id, settings)
     global _parallel_failed
     workers = 0 if _parallel_failed else settings.hnsw_build_workers
     started = time.perf_counter()

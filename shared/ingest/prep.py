@@ -28,7 +28,7 @@ from pgvector import SparseVector
 
 from shared import metrics
 from shared.config import Settings
-from shared.db.embeddings import ModelTable, ensure_partition
+from shared.db.embeddings import ModelTable, copy_vectors, ensure_partition
 from shared.db.queries import Q
 from shared.db.registry import guard_active
 from shared.db.retry import retry_transaction
@@ -289,15 +289,16 @@ async def prep_documents(
         )
         if inline is not None:
             for collection_id in sorted({r.collection_id for r in keep}):
-                await conn.copy_records_to_table(
-                    inline.table.partition(collection_id),
-                    records=[
-                        (cid, unit, collection_id, v)
+                await copy_vectors(
+                    conn,
+                    inline.table,
+                    collection_id,
+                    [
+                        (cid, unit, v)
                         for cid, r in zip(ids, keep, strict=True)
                         if r.collection_id == collection_id and r.vectors is not None
                         for unit, v in enumerate(r.vectors)
                     ],
-                    columns=["chunk_id", "unit", "collection_id", "embedding"],
                 )
         # The statistics rows are shared with every concurrent batch: touched last, so their
         # locks are held only until the commit.

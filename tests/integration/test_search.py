@@ -103,6 +103,7 @@ def test_readyz_reports_the_vector_index(api: httpx.Client) -> None:
     # The stack runs with the defaults: what a deployment sets is what it reports.
     assert embedding["index"] == Settings.model_fields["vector_index"].default == "hnsw_halfvec"
     assert embedding["dimensions_stored"] == embedding["dimension"] == 300
+    assert embedding["projection"] is None  # all dimensions: nothing projected
 
 
 def test_default_mode_is_hybrid(api: httpx.Client, search_collection: str) -> None:

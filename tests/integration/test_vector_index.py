@@ -1,7 +1,8 @@
-"""Each KENSAKU_VECTOR_INDEX kind, and two over the first N dimensions (KENSAKU_VECTOR_DIMENSIONS),
-on the real database: finalize builds it (and drops an index of another kind), search's query is
-the one that index serves (the plan reads it), and vector and hybrid searches through it rank the
-sample corpus as the exact scan does."""
+"""Each KENSAKU_VECTOR_INDEX kind, two over the first N dimensions (KENSAKU_VECTOR_DIMENSIONS) and
+one over N principal components (KENSAKU_VECTOR_PROJECTION=pca), on the real database: finalize
+builds it (and drops an index of another kind), search's query is the one that index serves (the
+plan reads it), and vector and hybrid searches through it rank the sample corpus as the exact
+scan does."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import httpx
 import pytest
 
 from shared.config import Settings
+from shared.db.bases import load_basis
 from shared.db.embeddings import INDEX_SUFFIXES, ModelTable, register_embedder
 from shared.db.pool import create_pool
 from shared.embed.embedder import Embedder, load_embedder
@@ -41,28 +43,40 @@ def sample_collection(stack: Any, api: httpx.Client) -> str:
     return name
 
 
-# Every kind over all the dimensions, and two over the first N (KENSAKU_VECTOR_DIMENSIONS).
-VARIANTS = [(k, 0) for k in sorted(INDEX_SUFFIXES)] + [("hnsw_halfvec", 64), ("hnsw_binary", 256)]
+# Every kind over all the dimensions, two over the first N (KENSAKU_VECTOR_DIMENSIONS) and one
+# over N principal components.
+VARIANTS = [(k, 0, "prefix") for k in sorted(INDEX_SUFFIXES)] + [
+    ("hnsw_halfvec", 64, "prefix"),
+    ("hnsw_binary", 256, "prefix"),
+    ("hnsw_halfvec", 64, "pca"),
+]
 
 
-@pytest.mark.parametrize(("kind", "dims"), VARIANTS)
-def test_vector_index_kind(stack: Any, sample_collection: str, kind: str, dims: int) -> None:
+@pytest.mark.parametrize(("kind", "dims", "projection"), VARIANTS)
+def test_vector_index_kind(
+    stack: Any, sample_collection: str, kind: str, dims: int, projection: str
+) -> None:
     settings = Settings(
         database_url=stack.database_url,
         redis_url=stack.redis_url,
         hnsw_min_rows=1,
         vector_index=kind,  # type: ignore[arg-type]
         vector_dimensions=dims,
+        vector_projection=projection,  # type: ignore[arg-type]
     )
-    asyncio.run(_check_kind(settings, sample_collection, kind, dims))
+    asyncio.run(_check_kind(settings, sample_collection, kind, dims, projection))
 
 
-async def _check_kind(settings: Settings, collection: str, kind: str, dims: int) -> None:
+async def _check_kind(
+    settings: Settings, collection: str, kind: str, dims: int, projection: str
+) -> None:
     embedder = load_embedder(settings)
     pool = await create_pool(settings, min_size=1)
     try:
         default = await register_embedder(pool, embedder)
-        table = dataclasses.replace(default, index_kind=kind, index_dimensions=dims)
+        table = dataclasses.replace(
+            default, index_kind=kind, index_dimensions=dims, projection=projection
+        )
         cid = await pool.fetchval("SELECT id FROM collections WHERE name = $1", collection)
         exact = {
             (q, mode): await _ids(pool, embedder, default, settings, collection, q, mode)
@@ -85,9 +99,12 @@ async def _check_kind(settings: Settings, collection: str, kind: str, dims: int)
             try:
                 vector = embedder.encode_query(QUERIES[0])
                 sql = table.sql(search_sql("vector", False, table, 4), cid)
-                plan = "\n".join(
-                    r[0] for r in await conn.fetch("EXPLAIN " + sql, cid, 5, 50, "[]", vector)
-                )
+                args: tuple[Any, ...] = (cid, 5, 50, "[]", vector)
+                if table.pca:  # the build fitted the partition's basis: the query's projection
+                    basis = await load_basis(conn, table, cid)
+                    assert basis is not None and basis.components == dims
+                    args += (basis.project(vector),)
+                plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + sql, *args))
                 assert table.index(cid) in plan, plan
                 for (q, mode), want in exact.items():
                     got = await _ids(conn, embedder, table, settings, collection, q, mode)

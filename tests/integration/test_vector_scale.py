@@ -1,11 +1,13 @@
 """Vector search where index scans go wrong: a filter that matches 1 % of a collection large
 enough to have its HNSW index, and a small collection next to the large one. Both must fill
 top_k and agree with the exact scan (recall@10 ≥ 0.95). The filtered search goes through the
-index (an iterative scan) and falls back to the exact scan when that comes back short."""
+index (an iterative scan) and falls back to the exact scan when that comes back short. And the
+large collection through an index over its principal components (KENSAKU_VECTOR_PROJECTION)."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from typing import Any
 
@@ -15,10 +17,12 @@ import pytest
 
 from bench.corpus import sentences
 from shared.config import Settings
+from shared.db.bases import load_basis
 from shared.db.embeddings import ModelTable, register_embedder
 from shared.db.pool import create_pool
 from shared.embed.embedder import Embedder, load_embedder
-from shared.search import CollectionCache, SearchParams, search
+from shared.ingest.finalize import build_vector_index
+from shared.search import CollectionCache, SearchParams, search, search_sql
 from tests.helpers import wait_job
 
 pytestmark = pytest.mark.integration
@@ -143,3 +147,54 @@ async def _hits(
     params = SearchParams(query=query, collection=collection, top_k=10, mode=mode, filter=flt)  # type: ignore[arg-type]
     result = await search(db, embedder, table, settings, params, CollectionCache())  # type: ignore[arg-type]
     return [(h["id"], h["score"]) for h in result["hits"]]
+
+
+def test_a_pca_index_over_the_large_collection_matches_the_exact_scan(
+    stack: Any, collections: None
+) -> None:
+    """KENSAKU_VECTOR_PROJECTION=pca on a collection already loaded: the build fits the basis
+    on its vectors and projects every row; vector and hybrid searches through the index over
+    64 principal components fill top_k with recall@10 ≥ 0.95 against the exact scan."""
+    settings = Settings(database_url=stack.database_url, redis_url=stack.redis_url)
+    asyncio.run(_check_pca(settings))
+
+
+async def _check_pca(settings: Settings) -> None:
+    embedder = load_embedder(settings)
+    pool = await create_pool(settings, min_size=1)
+    queries = [s[: len(s) // 2] for s in random.Random(4).sample(sentences(), 20)]
+    try:
+        table = await register_embedder(pool, embedder)
+        pca = dataclasses.replace(table, index_dimensions=64, projection="pca")
+        large = await pool.fetchval("SELECT id FROM collections WHERE name = $1", LARGE)
+        async with pool.acquire() as conn:
+            assert await build_vector_index(conn, pca, large, settings)
+        assert await pool.fetchval("SELECT to_regclass($1) IS NOT NULL", pca.index(large))
+        basis = await load_basis(pool, pca, large)
+        assert basis is not None and basis.components == 64
+        recalls: list[float] = []
+        async with pool.acquire() as conn:
+            vector = embedder.encode_query(queries[0])
+            sql = pca.sql(search_sql("vector", False, pca, settings.binary_rerank_factor), large)
+            args = (large, 10, 50, "[]", vector, basis.project(vector))
+            plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + sql, *args))
+            assert pca.index(large) in plan, plan
+            for q in queries:
+                got_hits = await _hits(conn, embedder, pca, settings, LARGE, q, None)
+                await conn.execute("SET enable_indexscan = off")  # the exact scan
+                try:
+                    want_hits = await _hits(conn, embedder, table, settings, LARGE, q, None)
+                finally:
+                    await conn.execute("RESET enable_indexscan")
+                assert len(got_hits) == len(want_hits) == 10, (q, got_hits)
+                tenth = min(score for _, score in want_hits)
+                recalls.append(sum(score >= tenth - 1e-6 for _, score in got_hits) / 10)
+                hybrid = await _hits(conn, embedder, pca, settings, LARGE, q, None, "hybrid")
+                assert len(hybrid) == 10, (q, hybrid)
+        assert sum(recalls) / len(recalls) >= 0.95, recalls
+    finally:
+        # Back to the index the stack's workers build (the basis stays: writes project on it).
+        async with pool.acquire() as conn:
+            await conn.execute(f"DROP INDEX IF EXISTS {pca.index(large)}")
+            await build_vector_index(conn, table, large, settings)
+        await pool.close()

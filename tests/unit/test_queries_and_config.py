@@ -115,6 +115,29 @@ def test_an_index_over_the_first_dimensions_reranks_with_all_of_them() -> None:
         ModelTable("m", "emb_m", 300, index_dimensions=301)
 
 
+def test_a_pca_index_holds_the_projections_and_reranks_with_the_stored_vectors() -> None:
+    pca = ModelTable("m", "emb_m", 300, index_dimensions=64, projection="pca")
+    prefix = ModelTable("m", "emb_m", 300, index_dimensions=64)
+    assert pca.pca and pca.reranks and not prefix.pca
+    # Its own name: an index over a prefix is not one over principal components.
+    assert pca.index(7) == "emb_m_c7_ph1s" and pca.index(7) != prefix.index(7)
+    assert pca.index_method(50_000, **GRAPH) == (
+        "hnsw ((reduced::halfvec(64)) halfvec_cosine_ops) WITH (m = 16, ef_construction = 64)"
+    )
+    vector = search_sql("vector", False, pca, 4)
+    assert "ORDER BY e.reduced::halfvec(64) <=> $6::halfvec(64)" in vector
+    assert "b.embedding <=> $5 AS distance" in vector
+    hybrid = search_sql("hybrid", True, pca, 4)
+    assert "ORDER BY e.reduced::halfvec(64) <=> $13::halfvec(64)" in hybrid
+    # Without its basis yet the partition is ranked by the full vectors: no projection at all.
+    full = search_sql("vector", False, pca.unprojected(), 4)
+    assert "reduced" not in full and "$6" not in full
+    # All dimensions is no projection, whatever the setting.
+    assert not ModelTable("m", "emb_m", 300, index_dimensions=300, projection="pca").pca
+    with pytest.raises(ConfigError, match="unknown vector projection"):
+        ModelTable("m", "emb_m", 300, index_dimensions=64, projection="svd")
+
+
 def test_bind_rule() -> None:
     Settings(host="127.0.0.1").check_bind_allowed()
     Settings(host="::1").check_bind_allowed()

@@ -28,6 +28,7 @@ CREATE TABLE IF NOT EXISTS {table} (
     unit          smallint NOT NULL,
     collection_id integer NOT NULL,
     embedding     {vector_type} NOT NULL,
+    reduced       halfvec,  -- its projection onto the partition's basis (migrations/0006_pca.sql)
     PRIMARY KEY (chunk_id, unit, collection_id)
 ) PARTITION BY LIST (collection_id);
 
@@ -42,6 +43,10 @@ SELECT (SELECT reltuples FROM pg_class WHERE oid = to_regclass($1)) AS estimated
 
 -- name: count_partition
 SELECT count(*) FROM {partition};
+
+-- name: count_partition_upto
+-- The partition's rows, counted up to $1: the cost stays bounded however big it is.
+SELECT count(*) FROM (SELECT 1 FROM {partition} LIMIT $1) r;
 
 -- name: create_partition_index
 CREATE INDEX IF NOT EXISTS {index} ON {partition} USING {index_method};
@@ -64,3 +69,48 @@ DROP INDEX IF EXISTS {index};
 
 -- name: delete_embeddings
 DELETE FROM {partition} WHERE chunk_id = ANY($1::bigint[]);
+
+-- name: partition_basis_stamp
+-- When the partition's basis was fitted; NULL: it has none (or one of a partition since dropped).
+SELECT b.fitted_at FROM partition_bases b
+WHERE b.table_name = $1 AND b.collection_id = $2 AND b.partition_oid = to_regclass($3)::oid;
+
+-- name: partition_basis
+SELECT b.components, b.mean, b.axes, b.fitted_at FROM partition_bases b
+WHERE b.table_name = $1 AND b.collection_id = $2 AND b.partition_oid = to_regclass($3)::oid;
+
+-- name: save_partition_basis
+INSERT INTO partition_bases AS b (table_name, collection_id, partition_oid, components, mean, axes,
+                                  fitted_rows)
+VALUES ($1, $2, to_regclass($3)::oid, $4, $5, $6, $7)
+ON CONFLICT (table_name, collection_id) DO UPDATE
+SET partition_oid = EXCLUDED.partition_oid, components = EXCLUDED.components,
+    mean = EXCLUDED.mean, axes = EXCLUDED.axes, fitted_rows = EXCLUDED.fitted_rows,
+    fitted_at = now();
+
+-- name: sample_partition
+-- The vectors a basis is fitted on: a uniform sample of the partition's rows.
+SELECT embedding FROM {partition} ORDER BY random() LIMIT $1;
+
+-- name: lock_partition_for_fit
+-- Vector writes (ROW EXCLUSIVE) wait while a basis is fitted and the projections are filled in;
+-- searches (ACCESS SHARE) go on.
+LOCK TABLE {partition} IN SHARE MODE;
+
+-- name: lock_partition_for_write
+-- Taken before a writer reads the partition's basis: a fit cannot commit between that read and
+-- the writer's rows.
+LOCK TABLE {partition} IN ROW EXCLUSIVE MODE;
+
+-- name: create_projection_staging
+CREATE TEMP TABLE IF NOT EXISTS projection_staging (
+    chunk_id bigint, unit smallint, reduced halfvec
+) ON COMMIT DROP;
+
+-- name: fill_projections
+UPDATE {partition} e SET reduced = s.reduced
+FROM projection_staging s
+WHERE e.chunk_id = s.chunk_id AND e.unit = s.unit;
+
+-- name: truncate_projection_staging
+TRUNCATE projection_staging;

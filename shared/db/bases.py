@@ -1,0 +1,216 @@
+"""Principal-component bases of a model's partitions (KENSAKU_VECTOR_PROJECTION=pca).
+
+An index over N of a vector's dimensions is a coarse first pass whose candidates are re-ranked by
+the full stored vectors. Which N matters: measured on 100,000 vectors of the default model
+(bench/RESULTS.md), an exact first pass over the first 150 stored dimensions kept 0.957 of the
+true top 10 after re-ranking, over the first 150 principal components of the collection's own
+vectors 0.986; fitted on another text sample instead, 0.973. So each partition gets a basis of
+its own, fitted on its own vectors, and the projection is kept in a column of its own
+(``reduced``): the stored vectors stay as the model made them, so exact
+cosines, binary codes and other indexes are untouched, and a search that does not know the basis
+yet ranks by the full vectors, which is slower but still right.
+
+When: by the writer that finds FIT_ROWS vectors in a partition without a basis, so a big load
+projects all but its first FIT_ROWS rows as it writes them and only those are updated (a fill
+of a whole partition leaves a dead version of every row behind); or by the partition's first
+index build if that comes sooner, or if the basis is missing or of another size then
+(KENSAKU_VECTOR_DIMENSIONS changed, or PCA turned on for a collection already loaded).
+
+Numbers: the basis is the mean and the N leading eigenvectors of the sample's covariance
+(numpy's ``eigh`` on a dimension × dimension matrix: milliseconds at 300 dimensions, about a
+second at 4,000); a projection is ``(v - mean) @ axes``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+import asyncpg
+import numpy as np
+
+from shared.db.queries import Q
+
+if TYPE_CHECKING:  # embeddings.py writes through this module
+    from shared.db.embeddings import ModelTable
+
+__all__ = [
+    "FIT_ROWS",
+    "Basis",
+    "basis_for_write",
+    "fit_basis",
+    "fit_partition",
+    "fit_when_due",
+    "load_basis",
+]
+
+log = logging.getLogger(__name__)
+
+# The partition size at which a writer fits the basis, and the most rows it is fitted on: on
+# 100,000 vectors of the default model a basis fitted on 2,000 of them did as well as one on
+# 20,000 (recall 0.986 against 0.985, bench/RESULTS.md). Small, because the rows written before
+# the fit are updated, and each leaves a dead version behind.
+FIT_ROWS = 5_000
+# A writer fits only a partition smaller than this (counting it costs a scan of at most as many
+# rows, and the fit updates them all); a bigger one without a basis waits for its index build.
+_WRITER_FIT_MAX = 10 * FIT_ROWS
+
+# Rows read, projected and written back per round while a partition's projections are filled.
+_FILL_BATCH = 20_000
+
+
+@dataclass(frozen=True)
+class Basis:
+    mean: np.ndarray  # float32, (dimension,)
+    axes: np.ndarray  # float32, (dimension, components), the leading principal axes first
+    fitted_at: datetime | None = None
+
+    @property
+    def components(self) -> int:
+        return int(self.axes.shape[1])
+
+    def project(self, vectors: np.ndarray) -> np.ndarray:
+        """The projections of one vector or a matrix of row vectors, as float16 (halfvec)."""
+        v = np.asarray(vectors, dtype=np.float32)
+        out: np.ndarray = ((v - self.mean) @ self.axes).astype(np.float16)
+        return out
+
+
+def fit_basis(sample: np.ndarray, components: int) -> Basis:
+    """The mean and the ``components`` leading principal axes of ``sample``'s rows."""
+    x = np.asarray(sample, dtype=np.float64)
+    if x.ndim != 2 or not 0 < components <= x.shape[1]:
+        raise ValueError(f"cannot fit {components} components to a sample of shape {x.shape}")
+    mean = x.mean(axis=0)
+    centered = x - mean
+    cov = centered.T @ centered / max(len(x) - 1, 1)
+    values, vectors = np.linalg.eigh(cov)  # ascending
+    order = np.argsort(values)[::-1][:components]
+    # eigh's signs are arbitrary, and need not be fixed: rows and queries share the basis, so a
+    # flipped axis flips both and leaves every cosine and Hamming distance as it is.
+    axes = vectors[:, order]
+    return Basis(mean.astype(np.float32), axes.astype(np.float32))
+
+
+def _decode(row: asyncpg.Record, dimension: int) -> Basis:
+    n = int(row["components"])
+    mean = np.frombuffer(row["mean"], dtype=np.float32)
+    axes = np.frombuffer(row["axes"], dtype=np.float32).reshape(dimension, n)
+    return Basis(mean, axes, row["fitted_at"])
+
+
+async def load_basis(
+    db: asyncpg.Pool | asyncpg.Connection, table: ModelTable, collection_id: int
+) -> Basis | None:
+    """The partition's basis, None if it has none yet."""
+    row = await db.fetchrow(
+        Q.partition_basis, table.table, collection_id, table.partition(collection_id)
+    )
+    return None if row is None else _decode(row, table.dimension)
+
+
+# Writers' cache: (table, collection) → the basis and when it was fitted. A refit (another N)
+# changes the stamp, which every write reads, so a stale basis is never used to write.
+_written: dict[tuple[str, int], Basis] = {}
+
+
+async def basis_for_write(
+    conn: asyncpg.Connection, table: ModelTable, collection_id: int
+) -> Basis | None:
+    """Inside the writer's transaction, before it writes vectors to the partition: locks the
+    partition against a concurrent fit, then returns the basis the rows must be projected on."""
+    await conn.execute(table.sql(Q.lock_partition_for_write, collection_id))
+    stamp = await conn.fetchval(
+        Q.partition_basis_stamp, table.table, collection_id, table.partition(collection_id)
+    )
+    key = (table.table, collection_id)
+    if stamp is None:
+        _written.pop(key, None)
+        return None
+    cached = _written.get(key)
+    if cached is not None and cached.fitted_at == stamp:
+        return cached
+    basis = await load_basis(conn, table, collection_id)
+    if basis is not None:
+        if len(_written) > 1_000:
+            _written.clear()
+        _written[key] = basis
+    return basis
+
+
+async def fit_when_due(pool: asyncpg.Pool, table: ModelTable, collection_id: int) -> None:
+    """Before a write of vectors to the partition (outside its transaction): fit the basis of a
+    PCA index once the partition holds FIT_ROWS vectors. A partition without a basis that is
+    already ten times as big, or has a vector index, is left to its next index build, which fits it
+    anyway: a writer's task should not rewrite a whole collection."""
+    if not table.pca:
+        return
+    key = (table.table, collection_id)
+    known = _written.get(key)
+    if known is not None and known.components == table.index_dimensions:
+        return
+    rows = await pool.fetchval(table.sql(Q.count_partition_upto, collection_id), _WRITER_FIT_MAX)
+    if not FIT_ROWS <= rows < _WRITER_FIT_MAX:
+        return
+    basis = await load_basis(pool, table, collection_id)
+    if basis is not None and basis.components == table.index_dimensions:
+        return
+    # An index over the rows would take the fill's updates one by one: the build does it.
+    if await pool.fetch(Q.partition_indexes, table.partition(collection_id)):
+        return
+    async with pool.acquire() as conn:
+        await fit_partition(conn, table, collection_id, table.index_dimensions)
+
+
+async def fit_partition(
+    conn: asyncpg.Connection, table: ModelTable, collection_id: int, components: int
+) -> Basis:
+    """Fit the partition's basis on a sample of its vectors and fill in every row's projection,
+    in one transaction during which writes to the partition wait; if another process fitted one
+    of this size meanwhile, that one. The caller has dropped any index over an earlier basis's
+    projections (they change here)."""
+    started = time.perf_counter()
+    partition = table.partition(collection_id)
+    async with conn.transaction():
+        await conn.execute(table.sql(Q.lock_partition_for_fit, collection_id))
+        done = await load_basis(conn, table, collection_id)
+        if done is not None and done.components == components:
+            return done
+        sample = await conn.fetch(table.sql(Q.sample_partition, collection_id), FIT_ROWS)
+        basis = fit_basis(np.stack([r["embedding"].to_numpy() for r in sample]), components)
+        await conn.execute(
+            Q.save_partition_basis,
+            table.table,
+            collection_id,
+            partition,
+            components,
+            basis.mean.tobytes(),
+            basis.axes.tobytes(),
+            len(sample),
+        )
+        await conn.execute(Q.create_projection_staging)
+        filled = 0
+        cursor = await conn.cursor(f"SELECT chunk_id, unit, embedding FROM {partition}")
+        while rows := await cursor.fetch(_FILL_BATCH):
+            projected = basis.project(np.stack([r["embedding"].to_numpy() for r in rows]))
+            await conn.copy_records_to_table(
+                "projection_staging",
+                records=[
+                    (r["chunk_id"], r["unit"], p) for r, p in zip(rows, projected, strict=True)
+                ],
+            )
+            await conn.execute(table.sql(Q.fill_projections, collection_id))
+            await conn.execute(Q.truncate_projection_staging)
+            filled += len(rows)
+    log.info(
+        "fitted %d principal components of %s on %d of its vectors and projected all %d in %.1f s",
+        components,
+        partition,
+        len(sample),
+        filled,
+        time.perf_counter() - started,
+    )
+    return basis

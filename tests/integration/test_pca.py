@@ -1,0 +1,109 @@
+"""A PCA index's basis on the real database (KENSAKU_VECTOR_PROJECTION=pca, shared/db/bases.py):
+the writer that finds FIT_ROWS vectors in a partition fits it, every row then carries its
+projection, the index build keeps that basis, and another N fits a new one and projects every
+row again. Vectors near a planted subspace, written the way workers write them, into a model
+table of the test's own."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Any
+
+import asyncpg
+import numpy as np
+import pytest
+
+from shared.config import Settings
+from shared.db.bases import FIT_ROWS, load_basis
+from shared.db.embeddings import ModelTable, copy_vectors, ensure_model_table, ensure_partition
+from shared.db.pool import create_pool
+from shared.ingest.finalize import build_vector_index
+
+pytestmark = pytest.mark.integration
+
+MODEL = "kensaku-test/pca-writer"
+DIM, RANK = 48, 8
+COLLECTION = 2_000_000_001  # a partition of the test's table only: no collection row needed
+BATCH = 1_000
+
+
+def _vectors(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors near a rank-RANK subspace, and an orthonormal basis of it (RANK × DIM)."""
+    rng = np.random.default_rng(seed)
+    span = np.linalg.qr(rng.standard_normal((DIM, RANK)))[0].T
+    x = 0.5 + (rng.standard_normal((rows, RANK)) * np.linspace(4, 2, RANK)) @ span
+    x += 0.02 * rng.standard_normal((rows, DIM))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), span
+
+
+def test_a_writer_fits_the_basis_and_every_row_gets_its_projection(stack: Any) -> None:
+    settings = Settings(database_url=stack.database_url, redis_url=stack.redis_url, hnsw_min_rows=1)
+    asyncio.run(_check(settings))
+
+
+async def _check(settings: Settings) -> None:
+    pool = await create_pool(settings, min_size=1)
+    base = await ensure_model_table(
+        pool,
+        model=MODEL,
+        dimension=DIM,
+        backend="torch",
+        vector_unit="chunk",
+        query_prompt=None,
+        document_prompt=None,
+    )
+    table = dataclasses.replace(base, index_dimensions=RANK, projection="pca")
+    try:
+        vectors, span = _vectors(FIT_ROWS + 3 * BATCH, seed=5)
+        for at in range(0, len(vectors), BATCH):
+            await ensure_partition(pool, table, COLLECTION)  # as the embed and prep tasks do
+            basis = await load_basis(pool, table, COLLECTION)
+            # Fitted by the first write that finds FIT_ROWS vectors there, not before.
+            assert (basis is not None) == (at >= FIT_ROWS), at
+            async with pool.acquire() as conn, conn.transaction():
+                rows = [(i, 0, vectors[i]) for i in range(at, min(at + BATCH, len(vectors)))]
+                await copy_vectors(conn, table, COLLECTION, rows)
+        basis = await load_basis(pool, table, COLLECTION)
+        assert basis is not None and basis.components == RANK
+        # The axes span the planted subspace.
+        assert np.linalg.svd(span @ basis.axes, compute_uv=False).min() > 0.99
+        await _check_projections(pool, table, basis.components)
+
+        async with pool.acquire() as conn:
+            assert await build_vector_index(conn, table, COLLECTION, settings)
+        assert await pool.fetchval("SELECT to_regclass($1) IS NOT NULL", table.index(COLLECTION))
+        kept = await load_basis(pool, table, COLLECTION)
+        assert kept is not None and kept.fitted_at == basis.fitted_at  # the build kept it
+
+        # Another N: the build fits a basis of that size, and drops the index over the old one.
+        smaller = dataclasses.replace(table, index_dimensions=RANK // 2)
+        async with pool.acquire() as conn:
+            assert await build_vector_index(conn, smaller, COLLECTION, settings)
+        refit = await load_basis(pool, smaller, COLLECTION)
+        assert refit is not None and refit.components == RANK // 2
+        assert not await pool.fetchval(
+            "SELECT to_regclass($1) IS NOT NULL", table.index(COLLECTION)
+        )
+        await _check_projections(pool, smaller, RANK // 2)
+    finally:
+        await pool.execute(f"DROP TABLE IF EXISTS {base.table}")
+        await pool.execute("DELETE FROM partition_bases WHERE table_name = $1", base.table)
+        await pool.execute("DELETE FROM embedding_models WHERE name = $1", MODEL)
+        await pool.close()
+
+
+async def _check_projections(pool: asyncpg.Pool, table: ModelTable, components: int) -> None:
+    """Every row holds its vector's projection on the partition's current basis."""
+    basis = await load_basis(pool, table, COLLECTION)
+    assert basis is not None
+    rows = await pool.fetch(
+        f"SELECT embedding, reduced FROM {table.partition(COLLECTION)} ORDER BY chunk_id"
+    )
+    assert len(rows) == FIT_ROWS + 3 * BATCH
+    assert all(r["reduced"] is not None for r in rows)
+    stored = np.stack([r["embedding"].to_numpy() for r in rows]).astype(np.float32)
+    reduced = np.stack([r["reduced"].to_numpy() for r in rows]).astype(np.float32)
+    assert reduced.shape == (len(rows), components)
+    want = basis.project(stored).astype(np.float32)
+    assert np.abs(reduced - want).max() < 1e-2
