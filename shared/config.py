@@ -132,11 +132,11 @@ class Settings(BaseSettings):
     # candidates wanted then re-ranked by the full vectors; ivfflat: k-means lists (rows/1000,
     # sqrt(rows) past a million), ivfflat_probes of them searched per query.
     vector_index: Literal["hnsw", "hnsw_halfvec", "hnsw_binary", "ivfflat"] = "hnsw_halfvec"
-    # The index holds only the first N dimensions of each vector (0: all): a Matryoshka model's
-    # prefix is a smaller, faster index of nearly the same quality; for any model the best
-    # binary_rerank_factor × the candidates wanted are re-ranked by the full stored vectors.
-    # A collection still below hnsw_min_rows is ranked the same way (prefix, then re-rank),
-    # not by a full exact scan.
+    # The index holds only N dimensions of each vector (0: all), made as vector_projection says;
+    # the best binary_rerank_factor × the candidates wanted are re-ranked by the full stored
+    # vectors. A collection still below hnsw_min_rows is ranked the same way (N dimensions, then
+    # re-rank), not by a full exact scan; with pca, one that has no basis yet (fewer than 5,000
+    # vectors) is ranked by the full vectors.
     vector_dimensions: int = Field(0, ge=0, le=4000)
     # How those N dimensions are made. pca: the first N principal components of the collection's
     # own vectors, fitted on 5,000 of them (the vectors stay stored as they are;

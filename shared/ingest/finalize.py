@@ -107,9 +107,7 @@ async def _build(
         await conn.execute(create, timeout=_LONG)
 
 
-async def _ensure_basis(
-    conn: asyncpg.Connection, table: ModelTable, collection_id: int, settings: Settings
-) -> None:
+async def _ensure_basis(conn: asyncpg.Connection, table: ModelTable, collection_id: int) -> None:
     """Fit the partition's principal components for a PCA index (shared/db/bases.py) unless it
     has a basis of the index's size already."""
     basis = await load_basis(conn, table, collection_id)
@@ -145,7 +143,7 @@ async def build_vector_index(
         table.index_method(rows, m=settings.hnsw_m, ef_construction=settings.hnsw_ef_construction),
     )
     if table.pca:
-        await _ensure_basis(conn, table, collection_id, settings)
+        await _ensure_basis(conn, table, collection_id)
     global _parallel_failed
     workers = 0 if _parallel_failed else settings.hnsw_build_workers
     started = time.perf_counter()
