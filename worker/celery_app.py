@@ -44,13 +44,15 @@ def _preload(sender: object = None, **_: object) -> None:
     from worker.runtime import Runtime
 
     settings = get_settings()
-    runtime = RUNTIME_MODULES.get(settings.backend)
+    backend = RUNTIME_MODULES.get(settings.backend)
     # The children load the registry's active model, which a switch may have made another than
-    # KENSAKU_MODEL (worker/runtime.py).
-    model = _active_model(settings.database_url) or settings.model
-    if model == DEFAULT_MODEL or not runtime or not importlib.util.find_spec(runtime):
-        runtime = "sentence_transformers"  # torch (a missing extra is reported on first use)
-    importlib.import_module(runtime)
+    # KENSAKU_MODEL, and the fill tasks of a switch in progress load the model being built
+    # (worker/runtime.py): the runtimes of both.
+    for model in _serving_models(settings.database_url) or [settings.model]:
+        runtime = backend
+        if model == DEFAULT_MODEL or not runtime or not importlib.util.find_spec(runtime):
+            runtime = "sentence_transformers"  # torch (a missing extra is reported on first use)
+        importlib.import_module(runtime)
 
     # Children inherit this: each sizes torch's threads to its share of the cores.
     Runtime.pool_processes = int(getattr(sender, "concurrency", 1) or 1)
@@ -62,19 +64,20 @@ def _preload(sender: object = None, **_: object) -> None:
         start_worker_metrics_server(port)
 
 
-def _active_model(database_url: str) -> str | None:
-    """The registry's active model, or None (a fresh database, or none reachable within 5 s:
-    only the preload's guess depends on it)."""
+def _serving_models(database_url: str) -> list[str]:
+    """The registry's active model and the one being built, if any; none when the database is
+    fresh or cannot be read within 5 s (only the preload's guess depends on it)."""
     import asyncio
 
     import asyncpg
 
     from shared.db.registry import serving
 
-    async def read() -> str | None:
+    async def read() -> list[str]:
         conn = await asyncpg.connect(database_url, timeout=5)
         try:
-            return (await serving(conn)).active
+            now = await serving(conn)
+            return [m for m in (now.active, now.building) if m]
         finally:
             conn.terminate()  # no goodbye: a server that stalls must not hold the start up
 
@@ -82,7 +85,7 @@ def _active_model(database_url: str) -> str | None:
         return asyncio.run(asyncio.wait_for(read(), 5))
     except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         log.info("preload: registry not read (%s)", exc)
-        return None
+        return []
 
 
 @worker_process_init.connect

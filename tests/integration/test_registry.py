@@ -109,12 +109,17 @@ def test_writes_for_a_model_that_is_not_active_are_refused(
         )
 
 
-def test_the_worker_preloads_for_the_registry_s_active_model(stack: Any) -> None:
-    """The worker's parent picks the runtime to import before forking from the registry's
-    active model, which a switch may have made another than KENSAKU_MODEL."""
-    from worker.celery_app import _active_model
+def test_the_worker_preloads_for_the_registry_s_serving_models(stack: Any) -> None:
+    """The worker's parent picks the runtimes to import before forking from the registry's
+    active model, which a switch may have made another than KENSAKU_MODEL, and the model being
+    built, whose fill tasks the children run."""
+    from worker.celery_app import _serving_models
 
-    active = db_fetch(stack, "SELECT name FROM embedding_models WHERE active")
-    assert active and _active_model(stack.database_url) == active[0]["name"]
+    rows = db_fetch(
+        stack,
+        "SELECT name, building FROM embedding_models WHERE active OR building ORDER BY building",
+    )
+    assert rows and not rows[0]["building"]
+    assert _serving_models(stack.database_url) == [r["name"] for r in rows]
     # No server there: the preload falls back to KENSAKU_MODEL instead of failing the worker.
-    assert _active_model("postgresql://kensaku@127.0.0.1:1/kensaku") is None
+    assert _serving_models("postgresql://kensaku@127.0.0.1:1/kensaku") == []
