@@ -1,9 +1,10 @@
 -- KENSAKU_VECTOR_PROJECTION=pca: an index over the first N principal components of each
 -- collection's own vectors (shared/db/bases.py).
 --
--- A partition's basis (the mean and the N leading principal axes of its vectors) is fitted when
--- its index is first built; from then on every vector written to it also gets its projection in
--- the `reduced` column, which the index holds. The stored vectors stay as the model made them:
+-- A partition's basis (the mean and the N leading principal axes of its vectors) is fitted by the
+-- write that finds 5,000 vectors there, or by its index build if that comes first; the rows
+-- already there get their projection in the `reduced` column, which the index holds, and so does
+-- every vector written after. The stored vectors stay as the model made them:
 -- the index's candidates are re-ranked by their exact cosine, and a search that does not know the
 -- basis yet simply ranks by the full vectors.
 --

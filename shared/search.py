@@ -17,7 +17,7 @@ import numpy as np
 
 from shared import metrics
 from shared.config import Settings
-from shared.db.bases import Basis, load_basis
+from shared.db.bases import Basis, current_basis
 from shared.db.embeddings import ModelTable
 from shared.db.queries import Q
 from shared.embed.embedder import Embedder
@@ -140,7 +140,10 @@ class CollectionCache:
             raise NotFoundError(f"collection {name!r} not found")
         state = await pool.fetchrow(Q.partition_state, table.partition(cid), table.index(cid))
         present = bool(state and state["present"])
-        basis = await load_basis(pool, table, int(cid)) if present and table.pca else None
+        basis = None
+        if present and table.pca:
+            known = hit[1].basis if hit is not None else None
+            basis = await current_basis(pool, table, int(cid), known)
         info = CollectionInfo(int(cid), present, basis)
         # Without vectors yet, look again soon: the first ones may be a moment away.
         self._entries[key] = (now + (self.ttl if info.has_vectors else 1.0), info)

@@ -108,7 +108,9 @@ class ModelTable:
         return self.reduced and self.projection == "pca"
 
     def unprojected(self) -> ModelTable:
-        """How a partition without its basis yet is ranked: by the full vectors."""
+        """How a partition without its basis yet is ranked: as with all dimensions indexed
+        (exactly, or through an index of all of them where one is left; for hnsw_binary, by
+        all the sign bits, re-ranked)."""
         return dataclasses.replace(self, index_dimensions=0)
 
     @property

@@ -115,7 +115,9 @@ async def _ensure_basis(conn: asyncpg.Connection, table: ModelTable, collection_
         return
     # Filling in the projections updates every row, and with it every index of the partition
     # (an HNSW graph inserts row by row): the old vector indexes go first, and searches are
-    # exact until the new one is built.
+    # exact until the new one is built. Dropped outside the fit's transaction: DROP INDEX locks
+    # the table against reads until commit, and the fit may take a while. Should the fit fail,
+    # the job's next finalize builds again.
     for row in await conn.fetch(Q.partition_indexes, table.partition(collection_id)):
         await conn.execute(Q.drop_partition_index.replace("{index}", row["name"]))
     await fit_partition(conn, table, collection_id, table.index_dimensions)
@@ -136,8 +138,8 @@ async def build_vector_index(
     if state is None or not state["present"] or state["indexed"]:
         return False
     rows = await conn.fetchval(table.sql(Q.count_partition, collection_id))
-    if rows < settings.hnsw_min_rows:
-        return False
+    if rows < settings.hnsw_min_rows or (table.pca and rows == 0):
+        return False  # (a basis needs vectors to be fitted on)
     create = table.sql(Q.create_partition_index, collection_id).replace(
         "{index_method}",
         table.index_method(rows, m=settings.hnsw_m, ef_construction=settings.hnsw_ef_construction),

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from shared.config import Settings
-from shared.db.bases import FIT_ROWS, load_basis
+from shared.db.bases import FIT_ROWS, fit_partition, load_basis
 from shared.db.embeddings import ModelTable, copy_vectors, ensure_model_table, ensure_partition
 from shared.db.pool import create_pool
 from shared.ingest.finalize import build_vector_index
@@ -23,6 +23,7 @@ from shared.ingest.finalize import build_vector_index
 pytestmark = pytest.mark.integration
 
 MODEL = "kensaku-test/pca-writer"
+RACE_MODEL = "kensaku-test/pca-race"
 DIM, RANK = 48, 8
 COLLECTION = 2_000_000_001  # a partition of the test's table only: no collection row needed
 BATCH = 1_000
@@ -107,3 +108,51 @@ async def _check_projections(pool: asyncpg.Pool, table: ModelTable, components: 
     assert reduced.shape == (len(rows), components)
     want = basis.project(stored).astype(np.float32)
     assert np.abs(reduced - want).max() < 1e-2
+
+
+def test_two_fits_at_once_make_one_basis(stack: Any) -> None:
+    """Two processes that find the same partition due (two writers, or two finalizers): the
+    second waits for the first and takes its basis, instead of both updating the rows (which
+    deadlocked while the fit's lock did not exclude a second fit)."""
+    settings = Settings(database_url=stack.database_url, redis_url=stack.redis_url)
+    asyncio.run(_race(settings))
+
+
+async def _race(settings: Settings) -> None:
+    pool = await create_pool(settings, min_size=2)
+    base = await ensure_model_table(
+        pool,
+        model=RACE_MODEL,
+        dimension=DIM,
+        backend="torch",
+        vector_unit="chunk",
+        query_prompt=None,
+        document_prompt=None,
+    )
+    table = dataclasses.replace(base, index_dimensions=RANK, projection="pca")
+    try:
+        vectors, _ = _vectors(2 * BATCH, seed=6)
+        await ensure_partition(pool, table, COLLECTION)
+        async with pool.acquire() as conn, conn.transaction():
+            await copy_vectors(conn, table, COLLECTION, [(i, 0, v) for i, v in enumerate(vectors)])
+
+        async def fit() -> Any:
+            async with pool.acquire() as conn:
+                return await fit_partition(conn, table, COLLECTION, RANK)
+
+        first, second = await asyncio.gather(fit(), fit())
+        assert first.fitted_at == second.fitted_at is not None
+        assert (
+            await pool.fetchval(
+                "SELECT count(*) FROM partition_bases WHERE table_name = $1", base.table
+            )
+            == 1
+        )
+        assert not await pool.fetchval(
+            f"SELECT count(*) FROM {table.partition(COLLECTION)} WHERE reduced IS NULL"
+        )
+    finally:
+        await pool.execute(f"DROP TABLE IF EXISTS {base.table}")
+        await pool.execute("DELETE FROM partition_bases WHERE table_name = $1", base.table)
+        await pool.execute("DELETE FROM embedding_models WHERE name = $1", RACE_MODEL)
+        await pool.close()

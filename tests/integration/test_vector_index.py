@@ -111,8 +111,14 @@ async def _check_kind(
                     assert got == want, (kind, q, mode)
             finally:
                 await conn.execute("RESET enable_seqscan; RESET enable_bitmapscan")
-        # The kind the stack runs with is rebuilt by its next finalize; leave none behind.
+        # The kind the stack runs with is rebuilt by its next finalize; leave none behind, and
+        # no basis that the stack's writes would keep projecting on.
         await pool.execute(f"DROP INDEX {table.index(cid)}")
+        await pool.execute(
+            "DELETE FROM partition_bases WHERE table_name = $1 AND collection_id = $2",
+            table.table,
+            cid,
+        )
     finally:
         await pool.close()
 

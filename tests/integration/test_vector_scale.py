@@ -193,8 +193,13 @@ async def _check_pca(settings: Settings) -> None:
                 assert len(hybrid) == 10, (q, hybrid)
         assert sum(recalls) / len(recalls) >= 0.95, recalls
     finally:
-        # Back to the index the stack's workers build (the basis stays: writes project on it).
+        # Back to the index the stack's workers build, and no basis for their writes to keep.
         async with pool.acquire() as conn:
             await conn.execute(f"DROP INDEX IF EXISTS {pca.index(large)}")
+            await conn.execute(
+                "DELETE FROM partition_bases WHERE table_name = $1 AND collection_id = $2",
+                table.table,
+                large,
+            )
             await build_vector_index(conn, table, large, settings)
         await pool.close()

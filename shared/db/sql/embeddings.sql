@@ -86,21 +86,26 @@ VALUES ($1, $2, to_regclass($3)::oid, $4, $5, $6, $7)
 ON CONFLICT (table_name, collection_id) DO UPDATE
 SET partition_oid = EXCLUDED.partition_oid, components = EXCLUDED.components,
     mean = EXCLUDED.mean, axes = EXCLUDED.axes, fitted_rows = EXCLUDED.fitted_rows,
-    fitted_at = now();
+    fitted_at = now()
+RETURNING b.fitted_at;
 
 -- name: sample_partition
 -- The vectors a basis is fitted on: a uniform sample of the partition's rows.
 SELECT embedding FROM {partition} ORDER BY random() LIMIT $1;
 
 -- name: lock_partition_for_fit
--- Vector writes (ROW EXCLUSIVE) wait while a basis is fitted and the projections are filled in;
--- searches (ACCESS SHARE) go on.
-LOCK TABLE {partition} IN SHARE MODE;
+-- Vector writes (ROW EXCLUSIVE) and a second fit wait while a basis is fitted and the projections
+-- are filled in; searches (ACCESS SHARE) go on. SHARE would not exclude a second fit, and two
+-- fits that each go on to update the rows would deadlock.
+LOCK TABLE {partition} IN SHARE ROW EXCLUSIVE MODE;
 
 -- name: lock_partition_for_write
 -- Taken before a writer reads the partition's basis: a fit cannot commit between that read and
 -- the writer's rows.
 LOCK TABLE {partition} IN ROW EXCLUSIVE MODE;
+
+-- name: read_partition_vectors
+SELECT chunk_id, unit, embedding FROM {partition};
 
 -- name: create_projection_staging
 CREATE TEMP TABLE IF NOT EXISTS projection_staging (

@@ -13,10 +13,11 @@
 --   $7 bigram dimensions, $8 bigram weights (idf × field weight, float8[]), $9 postings read per
 --   word, $10 words kept (the rarest).
 -- Vector: the query vector is $5 in vector mode and $11 in hybrid mode; hybrid's cosine
---   weight is $12.
+--   weight is $12. An index over principal components (KENSAKU_VECTOR_PROJECTION=pca) also
+--   takes the query's projection on the partition's basis: $6 in vector mode, $13 in hybrid.
 --
 -- The queries are put together by shared/search.py from the fragment_* blocks: {lexical},
--- {vector}, {best_per_document}, {vec}, {posting_filter} and {vector_filter} (the filtered
+-- {vector}, {best_per_document}, {vec}, {red} (the projection), {posting_filter} and {vector_filter} (the filtered
 -- forms below, or a constant test of $4 when there is no filter, so the joins disappear), and
 -- per model, index kind and collection {vector_order}, {rerank} and {partition} (ModelTable).
 
