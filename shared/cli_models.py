@@ -1,5 +1,5 @@
 """The `kensaku` commands that change which model serves: `reembed`, `model list|rollback|cancel`
-(shared/db/registry.py, shared/ingest/switch.py)."""
+(shared/db/registry.py, shared/ingest/switch.py), and `model index`, which builds its indexes."""
 
 from __future__ import annotations
 
@@ -246,6 +246,63 @@ def cmd_model_rollback(args: argparse.Namespace) -> int:
         return _fail(str(exc))
 
 
+def cmd_model_index(args: argparse.Namespace) -> int:
+    """Build the active model's missing vector indexes now, as the end of a job does: after
+    KENSAKU_VECTOR_INDEX, _DIMENSIONS or _PROJECTION changed, a collection gets its new index
+    (and its PCA basis) without waiting for its next upload."""
+    from shared.db import registry
+    from shared.db.embeddings import ModelTable
+    from shared.db.pool import create_pool
+    from shared.db.queries import Q
+    from shared.ingest.finalize import build_vector_index
+
+    settings = get_settings()
+
+    async def run(pool: asyncpg.Pool) -> int:
+        active = next((m for m in await registry.model_states(pool) if m.active), None)
+        if active is None:
+            return _fail("no model is active yet: nothing has been embedded")
+        table = ModelTable(
+            active.name,
+            active.table,
+            active.dimension,
+            index_kind=settings.vector_index,
+            index_dimensions=settings.vector_dimensions,
+            projection=settings.vector_projection,
+        )
+        ids = [r["id"] for r in await pool.fetch(Q.model_partitions, table.table)]
+        if args.collection:
+            wanted = await pool.fetchval(Q.collection_id, args.collection)
+            if wanted not in ids:
+                return _fail(f"collection {args.collection!r} has no vectors of {table.model}")
+            ids = [wanted]
+        async with pool.acquire() as conn:
+            await conn.execute(Q.set_session, "statement_timeout", "0")
+            for cid in ids:
+                started = time.monotonic()
+                built = await build_vector_index(conn, table, cid, settings)
+                took = time.monotonic() - started
+                print(
+                    f"built {table.index(cid)} in {took:.1f} s"
+                    if built
+                    else f"{table.partition(cid)}: index present, or fewer vectors than "
+                    f"KENSAKU_HNSW_MIN_ROWS ({settings.hnsw_min_rows})"
+                )
+        return 0
+
+    async def with_vectors() -> int:
+        pool = await create_pool(settings, min_size=1)  # reads vectors: with pgvector's codecs
+        try:
+            return await run(pool)
+        finally:
+            await pool.close()
+
+    try:
+        return asyncio.run(with_vectors())
+    except ConfigError as exc:
+        return _fail(str(exc))
+
+
 def cmd_model_cancel(args: argparse.Namespace) -> int:
     from shared.db import registry
 
@@ -283,3 +340,10 @@ def add_commands(
         "rollback", help="switch back to the previously active model, without downtime"
     ).set_defaults(func=cmd_model_rollback)
     msub.add_parser("cancel", help="stop a switch in progress").set_defaults(func=cmd_model_cancel)
+    mix = msub.add_parser(
+        "index",
+        help="build the active model's missing vector indexes (and PCA bases) now, as a job's "
+        "end does, after KENSAKU_VECTOR_INDEX/_DIMENSIONS/_PROJECTION changed",
+    )
+    mix.add_argument("--collection", help="only this collection")
+    mix.set_defaults(func=cmd_model_index)

@@ -137,7 +137,8 @@ class Settings(BaseSettings):
     # vectors. A collection still below hnsw_min_rows is ranked the same way (N dimensions, then
     # re-rank), not by a full exact scan. With pca, a collection without a basis of N components
     # is ranked as with all dimensions until it gets one: it has fewer than 5,000 vectors, or it
-    # was loaded before N or the projection was set (then its next job's index build fits it).
+    # was loaded before N or the projection was set (its next job's end, or `kensaku model
+    # index`, fits it).
     vector_dimensions: int = Field(0, ge=0, le=4000)
     # How those N dimensions are made. pca: the first N principal components of the collection's
     # own vectors, fitted on 5,000 of them (the vectors stay stored as they are;

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -19,6 +23,8 @@ from shared.db.bases import FIT_ROWS, fit_partition, load_basis
 from shared.db.embeddings import ModelTable, copy_vectors, ensure_model_table, ensure_partition
 from shared.db.pool import create_pool
 from shared.ingest.finalize import build_vector_index
+from tests.helpers import db_fetch, wait_job
+from tests.integration.test_ingest import upload
 
 pytestmark = pytest.mark.integration
 
@@ -27,6 +33,7 @@ RACE_MODEL = "kensaku-test/pca-race"
 DIM, RANK = 48, 8
 COLLECTION = 2_000_000_001  # a partition of the test's table only: no collection row needed
 BATCH = 1_000
+SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample" / "corpus.jsonl"
 
 
 def _vectors(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -156,3 +163,50 @@ async def _race(settings: Settings) -> None:
         await pool.execute("DELETE FROM partition_bases WHERE table_name = $1", base.table)
         await pool.execute("DELETE FROM embedding_models WHERE name = $1", RACE_MODEL)
         await pool.close()
+
+
+def test_model_index_builds_a_pca_index_for_a_loaded_collection(stack: Any, api: Any) -> None:
+    """`kensaku model index` after KENSAKU_VECTOR_DIMENSIONS is set: a collection loaded before
+    gets its basis and its index over the principal components without another upload."""
+    name = "pca-model-index"
+    docs = [json.loads(line) for line in SAMPLE.read_text(encoding="utf-8").splitlines()]
+    assert wait_job(api, upload(api, name, docs)["job_id"])["status"] == "done"
+    env = stack.env() | {"KENSAKU_VECTOR_DIMENSIONS": "32", "KENSAKU_HNSW_MIN_ROWS": "1"}
+    unknown = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "model", "index", "--collection", "no-such"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert unknown.returncode == 1 and "no vectors" in unknown.stderr, unknown.stderr
+    done = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "model", "index", "--collection", name],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = db_fetch(
+        stack,
+        "SELECT m.table_name, c.id, b.components FROM embedding_models m "
+        "JOIN collections c ON c.name = $1 "
+        "LEFT JOIN partition_bases b ON b.table_name = m.table_name AND b.collection_id = c.id "
+        "WHERE m.active",
+        name,
+    )
+    table, cid, components = rows[0]["table_name"], rows[0]["id"], rows[0]["components"]
+    index = ModelTable("m", table, 300, index_dimensions=32, projection="pca").index(cid)
+    try:
+        assert components == 32
+        assert f"built {index}" in done.stdout, done.stdout
+        assert db_fetch(stack, "SELECT to_regclass($1) IS NOT NULL AS present", index)[0]["present"]
+    finally:  # nothing the stack's own writes would keep projecting on
+        db_fetch(stack, f"DROP INDEX IF EXISTS {index}")
+        db_fetch(
+            stack,
+            "DELETE FROM partition_bases WHERE table_name = $1 AND collection_id = $2",
+            table,
+            cid,
+        )
