@@ -228,8 +228,11 @@ async def search(
                 # An index scan under a selective filter can stop short (pgvector ends an
                 # iterative scan at hnsw.max_scan_tuples), in hybrid too when the lexical
                 # channel does not make up for it: the exact scan settles whether fewer
-                # documents match.
-                rows = await _exact(pool, sql, args, timeout)
+                # documents match. Exact by the full vectors, whatever the index's first pass
+                # (N dimensions, sign bits), so without the projection's parameter.
+                exact = table.exact()
+                exact_sql = exact.sql(search_sql(mode, filtered, exact, rerank), info.id)
+                rows = await _exact(pool, exact_sql, args[: len(args) - len(projected)], timeout)
     except (TimeoutError, asyncpg.QueryCanceledError) as exc:
         raise RetryableError(
             f"search took longer than {settings.search_timeout_ms} ms (search_timeout_ms)"

@@ -113,6 +113,11 @@ class ModelTable:
         all the sign bits, re-ranked)."""
         return dataclasses.replace(self, index_dimensions=0)
 
+    def exact(self) -> ModelTable:
+        """The table as an exact scan ranks it: by the stored vectors' cosine, with no first
+        pass over N dimensions or sign bits (the index kind no longer matters)."""
+        return dataclasses.replace(self, index_kind="hnsw_halfvec", index_dimensions=0)
+
     @property
     def reranks(self) -> bool:
         """Whether the index's order is an approximation re-ranked by the stored vectors."""

@@ -153,8 +153,9 @@ def test_a_pca_index_over_the_large_collection_matches_the_exact_scan(
     stack: Any, collections: None
 ) -> None:
     """KENSAKU_VECTOR_PROJECTION=pca on a collection already loaded: the build fits the basis
-    on its vectors and projects every row; vector and hybrid searches through the index over
-    64 principal components fill top_k with recall@10 ≥ 0.95 against the exact scan."""
+    on its vectors and projects every row; vector searches through the index over 64 principal
+    components, unfiltered and under a 1 % filter, fill top_k with recall@10 ≥ 0.95 against the
+    exact scan, and hybrid fills top_k."""
     settings = Settings(database_url=stack.database_url, redis_url=stack.redis_url)
     asyncio.run(_check_pca(settings))
 
@@ -191,6 +192,21 @@ async def _check_pca(settings: Settings) -> None:
                 recalls.append(sum(score >= tenth - 1e-6 for _, score in got_hits) / 10)
                 hybrid = await _hits(conn, embedder, pca, settings, LARGE, q, None, "hybrid")
                 assert len(hybrid) == 10, (q, hybrid)
+                # Under the 1 % filter, with the index scan made to stop short (no iterative
+                # scan): the exact fallback runs, without the projection's parameter, and gives
+                # the exact ranking.
+                rare = {"tag": "rare"}
+                await conn.execute("SET hnsw.iterative_scan = off")
+                try:
+                    filtered = await _hits(conn, embedder, pca, settings, LARGE, q, rare)
+                finally:
+                    await conn.execute("RESET hnsw.iterative_scan")
+                await conn.execute("SET enable_indexscan = off")
+                try:
+                    exact = await _hits(conn, embedder, table, settings, LARGE, q, rare)
+                finally:
+                    await conn.execute("RESET enable_indexscan")
+                assert [h for h, _ in filtered] == [h for h, _ in exact], q
         assert sum(recalls) / len(recalls) >= 0.95, recalls
     finally:
         # Back to the index the stack's workers build, and no basis for their writes to keep.
