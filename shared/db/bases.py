@@ -6,9 +6,9 @@ the full stored vectors. Which N matters: measured on 100,000 vectors of the def
 true top 10 after re-ranking, over the first 150 principal components of the collection's own
 vectors 0.986; fitted on another text sample instead, 0.973. So each partition gets a basis of
 its own, fitted on its own vectors, and the projection is kept in a column of its own
-(``reduced``): the stored vectors stay as the model made them, so exact
-cosines, binary codes and other indexes are untouched, and a search that does not know the basis
-yet ranks by the full vectors, which is slower but still right.
+(``reduced``): the stored vectors stay as the model made them, so exact cosines, binary codes
+and other indexes are untouched, and a search that does not know the basis yet ranks as with
+all dimensions indexed, which is slower but still right.
 
 When: by the writer that finds FIT_ROWS vectors in a partition without a basis, so a big load
 projects all but its first FIT_ROWS rows as it writes them and only those are updated (a fill
