@@ -45,6 +45,26 @@ def _vectors(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), span
 
 
+async def _register(pool: asyncpg.Pool, model: str) -> tuple[ModelTable, ModelTable]:
+    """A model table of the test's own, and the same with a PCA index over RANK components."""
+    base = await ensure_model_table(
+        pool,
+        model=model,
+        dimension=DIM,
+        backend="torch",
+        vector_unit="chunk",
+        query_prompt=None,
+        document_prompt=None,
+    )
+    return base, dataclasses.replace(base, index_dimensions=RANK, projection="pca")
+
+
+async def _unregister(pool: asyncpg.Pool, base: ModelTable) -> None:
+    await pool.execute(f"DROP TABLE IF EXISTS {base.table}")
+    await pool.execute("DELETE FROM partition_bases WHERE table_name = $1", base.table)
+    await pool.execute("DELETE FROM embedding_models WHERE name = $1", base.model)
+
+
 def test_a_writer_fits_the_basis_and_every_row_gets_its_projection(stack: Any) -> None:
     settings = Settings(database_url=stack.database_url, redis_url=stack.redis_url, hnsw_min_rows=1)
     asyncio.run(_check(settings))
@@ -52,16 +72,7 @@ def test_a_writer_fits_the_basis_and_every_row_gets_its_projection(stack: Any) -
 
 async def _check(settings: Settings) -> None:
     pool = await create_pool(settings, min_size=1)
-    base = await ensure_model_table(
-        pool,
-        model=MODEL,
-        dimension=DIM,
-        backend="torch",
-        vector_unit="chunk",
-        query_prompt=None,
-        document_prompt=None,
-    )
-    table = dataclasses.replace(base, index_dimensions=RANK, projection="pca")
+    base, table = await _register(pool, MODEL)
     try:
         vectors, span = _vectors(FIT_ROWS + 3 * BATCH, seed=5)
         for at in range(0, len(vectors), BATCH):
@@ -95,9 +106,7 @@ async def _check(settings: Settings) -> None:
         )
         await _check_projections(pool, smaller, RANK // 2)
     finally:
-        await pool.execute(f"DROP TABLE IF EXISTS {base.table}")
-        await pool.execute("DELETE FROM partition_bases WHERE table_name = $1", base.table)
-        await pool.execute("DELETE FROM embedding_models WHERE name = $1", MODEL)
+        await _unregister(pool, base)
         await pool.close()
 
 
@@ -127,16 +136,7 @@ def test_two_fits_at_once_make_one_basis(stack: Any) -> None:
 
 async def _race(settings: Settings) -> None:
     pool = await create_pool(settings, min_size=2)
-    base = await ensure_model_table(
-        pool,
-        model=RACE_MODEL,
-        dimension=DIM,
-        backend="torch",
-        vector_unit="chunk",
-        query_prompt=None,
-        document_prompt=None,
-    )
-    table = dataclasses.replace(base, index_dimensions=RANK, projection="pca")
+    base, table = await _register(pool, RACE_MODEL)
     try:
         vectors, _ = _vectors(2 * BATCH, seed=6)
         await ensure_partition(pool, table, COLLECTION)
@@ -159,9 +159,7 @@ async def _race(settings: Settings) -> None:
             f"SELECT count(*) FROM {table.partition(COLLECTION)} WHERE reduced IS NULL"
         )
     finally:
-        await pool.execute(f"DROP TABLE IF EXISTS {base.table}")
-        await pool.execute("DELETE FROM partition_bases WHERE table_name = $1", base.table)
-        await pool.execute("DELETE FROM embedding_models WHERE name = $1", RACE_MODEL)
+        await _unregister(pool, base)
         await pool.close()
 
 

@@ -7,8 +7,10 @@ large collection through an index over its principal components (KENSAKU_VECTOR_
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import random
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -91,11 +93,8 @@ async def _check(settings: Settings) -> None:
             for q in queries:
                 for collection, flt in ((LARGE, rare), (SMALL, None), (LARGE, None)):
                     got_hits = await _hits(conn, embedder, table, settings, collection, q, flt)
-                    await conn.execute("SET enable_indexscan = off")  # the exact scan
-                    try:
+                    async with _off(conn, "enable_indexscan"):  # the exact scan
                         want_hits = await _hits(conn, embedder, table, settings, collection, q, flt)
-                    finally:
-                        await conn.execute("RESET enable_indexscan")
                     got, want = [h for h, _ in got_hits], [h for h, _ in want_hits]
                     assert len(got) == len(want) == 10, (collection, flt, q, got)
                     if flt:
@@ -115,11 +114,8 @@ async def _check(settings: Settings) -> None:
                 # Hybrid under the 1 % filter fills top_k with matching documents too, even
                 # when the index scan stops short (as at hnsw.max_scan_tuples in a collection
                 # far larger than this one; here the iterative scan is turned off for that).
-                await conn.execute("SET hnsw.iterative_scan = off")
-                try:
+                async with _off(conn, "hnsw.iterative_scan"):
                     found = await _hits(conn, embedder, table, settings, LARGE, q, rare, "hybrid")
-                finally:
-                    await conn.execute("RESET hnsw.iterative_scan")
                 hybrid = [h for h, _ in found]
                 assert len(hybrid) == 10, (q, hybrid)
                 tags = await conn.fetch(
@@ -132,6 +128,16 @@ async def _check(settings: Settings) -> None:
         assert sum(recalls) / len(recalls) >= 0.95, recalls
     finally:
         await pool.close()
+
+
+@contextlib.asynccontextmanager
+async def _off(conn: asyncpg.Connection, setting: str) -> AsyncIterator[None]:
+    """``setting`` off on the connection for the block (a name from this module, not input)."""
+    await conn.execute(f"SET {setting} = off")
+    try:
+        yield
+    finally:
+        await conn.execute(f"RESET {setting}")
 
 
 async def _hits(
@@ -182,11 +188,8 @@ async def _check_pca(settings: Settings) -> None:
             assert pca.index(large) in plan, plan
             for q in queries:
                 got_hits = await _hits(conn, embedder, pca, settings, LARGE, q, None)
-                await conn.execute("SET enable_indexscan = off")  # the exact scan
-                try:
+                async with _off(conn, "enable_indexscan"):  # the exact scan
                     want_hits = await _hits(conn, embedder, table, settings, LARGE, q, None)
-                finally:
-                    await conn.execute("RESET enable_indexscan")
                 assert len(got_hits) == len(want_hits) == 10, (q, got_hits)
                 tenth = min(score for _, score in want_hits)
                 recalls.append(sum(score >= tenth - 1e-6 for _, score in got_hits) / 10)
@@ -196,16 +199,10 @@ async def _check_pca(settings: Settings) -> None:
                 # scan): the exact fallback runs, without the projection's parameter, and gives
                 # the exact ranking.
                 rare = {"tag": "rare"}
-                await conn.execute("SET hnsw.iterative_scan = off")
-                try:
+                async with _off(conn, "hnsw.iterative_scan"):
                     filtered = await _hits(conn, embedder, pca, settings, LARGE, q, rare)
-                finally:
-                    await conn.execute("RESET hnsw.iterative_scan")
-                await conn.execute("SET enable_indexscan = off")
-                try:
+                async with _off(conn, "enable_indexscan"):
                     exact = await _hits(conn, embedder, table, settings, LARGE, q, rare)
-                finally:
-                    await conn.execute("RESET enable_indexscan")
                 assert [h for h, _ in filtered] == [h for h, _ in exact], q
         assert sum(recalls) / len(recalls) >= 0.95, recalls
     finally:
