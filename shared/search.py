@@ -278,7 +278,7 @@ def _projection(
 ) -> tuple[ModelTable, tuple[np.ndarray, ...]]:
     """How the partition is ranked, and the extra parameter that takes: a PCA index is read
     with the query projected on the partition's basis; before the basis of the index's size
-    is fitted, the partition is ranked by the full vectors."""
+    is fitted, the partition is ranked as with all dimensions indexed."""
     if not table.pca:
         return table, ()
     if basis is None or basis.components != table.index_dimensions:
