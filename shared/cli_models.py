@@ -249,7 +249,9 @@ def cmd_model_rollback(args: argparse.Namespace) -> int:
 def cmd_model_index(args: argparse.Namespace) -> int:
     """Build the active model's missing vector indexes now, as the end of a job does: after
     KENSAKU_VECTOR_INDEX, _DIMENSIONS or _PROJECTION changed, a collection gets its new index
-    (and its PCA basis) without waiting for its next upload."""
+    (and its PCA basis) without waiting for its next upload. ``--refit``: also refit PCA bases
+    that no longer fit their collection (a job's end does so by itself only up to
+    bases.AUTO_REFIT_MAX_ROWS vectors)."""
     from shared.db import registry
     from shared.db.embeddings import ModelTable
     from shared.db.pool import create_pool
@@ -280,13 +282,14 @@ def cmd_model_index(args: argparse.Namespace) -> int:
             await conn.execute(Q.set_session, "statement_timeout", "0")
             for cid in ids:
                 started = time.monotonic()
-                built = await build_vector_index(conn, table, cid, settings)
+                built = await build_vector_index(conn, table, cid, settings, refit=args.refit)
                 took = time.monotonic() - started
                 print(
                     f"built {table.index(cid)} in {took:.1f} s"
                     if built
-                    else f"{table.partition(cid)}: index present, or fewer vectors than "
-                    f"KENSAKU_HNSW_MIN_ROWS ({settings.hnsw_min_rows})"
+                    else f"{table.partition(cid)}: index present"
+                    + (" (its PCA basis still fits)" if args.refit and table.pca else "")
+                    + f", or fewer vectors than KENSAKU_HNSW_MIN_ROWS ({settings.hnsw_min_rows})"
                 )
         return 0
 
@@ -346,4 +349,11 @@ def add_commands(
         "end does, after KENSAKU_VECTOR_INDEX/_DIMENSIONS/_PROJECTION changed",
     )
     mix.add_argument("--collection", help="only this collection")
+    mix.add_argument(
+        "--refit",
+        action="store_true",
+        help="check each PCA basis against its collection's vectors now, and refit (and "
+        "re-index) those that no longer fit, whatever the collection's size; searches of a "
+        "collection being refitted are exact meanwhile",
+    )
     mix.set_defaults(func=cmd_model_index)

@@ -20,7 +20,17 @@ Numbers: the basis is the mean and the N leading eigenvectors of the sample's co
 (numpy's ``eigh`` on a dimension × dimension matrix: 18 ms at 300 dimensions, 13 s at 4,000 on
 this project's 2-core machines); a projection is ``(v - mean) @ axes``.
 
-Not done: a basis is never refitted as its collection grows, only when N changes.
+Refits: a basis fitted on a collection's first documents can miss what later ones are about.
+Once a partition has doubled since its basis was fitted or last checked, the job's end (or
+`kensaku model index`) checks it on a fresh sample: a basis fitted on half of the sample, and the
+stored basis, each keep some share of the other half's variance (``drift``). Below REFIT_BELOW of
+the fresh basis's share, the partition is refitted: its projections and its index are made again,
+searches being exact meanwhile. On ja_dev's sentence vectors in corpus order (bench/RESULTS.md),
+a basis of 64 components fitted on the first 5,000 kept 0.89 of a fresh one's share and gave
+recall@10 0.81 where a uniform sample gave 0.85; uniform samples of the same rows score 1.01-1.02
+(the fresh basis has seen half as many rows). Automatic refits stop at AUTO_REFIT_MAX_ROWS, above
+which a refit's index build takes minutes: a bigger partition that drifted is logged, and refitted
+by `kensaku model index --refit`.
 """
 
 from __future__ import annotations
@@ -41,14 +51,18 @@ if TYPE_CHECKING:  # embeddings.py writes through this module
     from shared.db.embeddings import ModelTable
 
 __all__ = [
+    "AUTO_REFIT_MAX_ROWS",
     "FIT_ROWS",
+    "REFIT_BELOW",
     "Basis",
     "basis_for_write",
     "current_basis",
+    "drift",
     "fit_basis",
     "fit_partition",
     "fit_when_due",
     "load_basis",
+    "refit_due",
 ]
 
 log = logging.getLogger(__name__)
@@ -65,12 +79,23 @@ _WRITER_FIT_MAX = 10 * FIT_ROWS
 # Rows read, projected and written back per round while a partition's projections are filled.
 _FILL_BATCH = 20_000
 
+# Refits (see the module's docstring): a basis is checked again once its partition has grown
+# REFIT_GROWTH-fold, and refitted when it keeps less than REFIT_BELOW of a fresh basis's share of
+# the variance; 0.97 lies between drifted bases (0.89-0.96 at 64-150 components on ja_dev) and
+# bases of the same rows (1.01-1.02). A refit rewrites every row's projection and rebuilds the
+# index (31 s for 100,000 vectors with two build workers), so it is automatic only up to
+# AUTO_REFIT_MAX_ROWS rows.
+REFIT_GROWTH = 2
+REFIT_BELOW = 0.97
+AUTO_REFIT_MAX_ROWS = 200_000
+
 
 @dataclass(frozen=True)
 class Basis:
     mean: np.ndarray  # float32, (dimension,)
     axes: np.ndarray  # float32, (dimension, components), the leading principal axes first
     fitted_at: datetime | None = None
+    checked_rows: int = 0  # the partition's rows at its fit or last check (REFIT_GROWTH)
 
     @property
     def components(self) -> int:
@@ -81,6 +106,12 @@ class Basis:
         v = np.asarray(vectors, dtype=np.float32)
         out: np.ndarray = ((v - self.mean) @ self.axes).astype(np.float16)
         return out
+
+    def kept_variance(self, rows: np.ndarray) -> float:
+        """The share of ``rows``' variance about this basis's mean that its axes keep."""
+        centered = np.asarray(rows, dtype=np.float64) - self.mean
+        total = float((centered**2).sum())
+        return float(((centered @ self.axes) ** 2).sum()) / total if total > 0 else 1.0
 
 
 def fit_basis(sample: np.ndarray, components: int) -> Basis:
@@ -99,11 +130,21 @@ def fit_basis(sample: np.ndarray, components: int) -> Basis:
     return Basis(mean.astype(np.float32), axes.astype(np.float32))
 
 
+def drift(basis: Basis, sample: np.ndarray) -> float:
+    """How well ``basis`` still fits rows like ``sample``'s: the share of the sample's second half's
+    variance it keeps, over the share a basis fitted on the first half keeps (held-out rows, so
+    that the fresh basis does not win by having seen them). About 1 or more: still fits."""
+    half = len(sample) // 2
+    fresh = fit_basis(sample[:half], basis.components)
+    held = sample[half:]
+    return basis.kept_variance(held) / max(fresh.kept_variance(held), 1e-12)
+
+
 def _decode(row: asyncpg.Record, dimension: int) -> Basis:
     n = int(row["components"])
     mean = np.frombuffer(row["mean"], dtype=np.float32)
     axes = np.frombuffer(row["axes"], dtype=np.float32).reshape(dimension, n)
-    return Basis(mean, axes, row["fitted_at"])
+    return Basis(mean, axes, row["fitted_at"], int(row["checked_rows"]))
 
 
 async def load_basis(
@@ -183,24 +224,72 @@ async def fit_when_due(pool: asyncpg.Pool, table: ModelTable, collection_id: int
         await fit_partition(conn, table, collection_id, table.index_dimensions)
 
 
+async def refit_due(
+    conn: asyncpg.Connection,
+    table: ModelTable,
+    collection_id: int,
+    basis: Basis,
+    rows: int,
+    *,
+    forced: bool = False,
+) -> bool:
+    """Whether the partition, of ``rows`` vectors now, needs a new basis of the same size: it has
+    grown REFIT_GROWTH-fold since its basis was fitted or last checked, and the basis has drifted
+    (``drift`` below REFIT_BELOW on a fresh sample). A check that keeps the basis is recorded, so
+    the next waits for the partition to double again. ``forced`` (`kensaku model index --refit`):
+    check now, and refit a drifted basis whatever the partition's size."""
+    if not forced and rows < REFIT_GROWTH * max(basis.checked_rows, 1):
+        return False
+    partition = table.partition(collection_id)
+    sample = await conn.fetch(table.sql(Q.sample_partition, collection_id), FIT_ROWS)
+    if len(sample) < 4 * basis.components:  # each half of the sample: at least 2N rows
+        return False
+    score = drift(basis, np.stack([r["embedding"].to_numpy() for r in sample]))
+    due = score < REFIT_BELOW and (forced or rows <= AUTO_REFIT_MAX_ROWS)
+    if not due:
+        await conn.execute(Q.record_basis_check, table.table, collection_id, basis.fitted_at, rows)
+    if score >= REFIT_BELOW:
+        log.info("the basis of %s still fits its %d rows (drift %.3f)", partition, rows, score)
+    elif due:
+        log.info("the basis of %s has drifted at %d rows (%.3f): refitting", partition, rows, score)
+    else:
+        log.warning(
+            "the basis of %s has drifted (%.3f < %.2f), but %d rows are more than a job's end "
+            "refits (%d): `kensaku model index --refit` refits it, searches being exact meanwhile",
+            partition,
+            score,
+            REFIT_BELOW,
+            rows,
+            AUTO_REFIT_MAX_ROWS,
+        )
+    return due
+
+
 async def fit_partition(
-    conn: asyncpg.Connection, table: ModelTable, collection_id: int, components: int
+    conn: asyncpg.Connection,
+    table: ModelTable,
+    collection_id: int,
+    components: int,
+    *,
+    replacing: datetime | None = None,
 ) -> Basis:
     """Fit the partition's basis on a sample of its vectors and fill in every row's projection,
-    in one transaction during which writes to the partition wait; if another process fitted one
-    of this size meanwhile, that one. The caller has dropped any index over an earlier basis's
-    projections (they change here)."""
+    in one transaction during which writes to the partition wait. If the partition has a basis
+    of this size already, that one, unless it is the one ``replacing`` names (a refit; a basis
+    another process fitted meanwhile is kept). The caller has dropped any index over an earlier
+    basis's projections (they change here)."""
     started = time.perf_counter()
     partition = table.partition(collection_id)
     async with conn.transaction():
         await conn.execute(table.sql(Q.lock_partition_for_fit, collection_id))
         done = await load_basis(conn, table, collection_id)
-        if done is not None and done.components == components:
+        if done is not None and done.components == components and done.fitted_at != replacing:
             return done
         sample = await conn.fetch(table.sql(Q.sample_partition, collection_id), FIT_ROWS)
         if not sample:
             raise ValueError(f"{partition} has no vectors to fit a basis on")
         basis = fit_basis(np.stack([r["embedding"].to_numpy() for r in sample]), components)
+        rows = await conn.fetchval(table.sql(Q.count_partition, collection_id))
         stamp = await conn.fetchval(
             Q.save_partition_basis,
             table.table,
@@ -210,8 +299,9 @@ async def fit_partition(
             basis.mean.tobytes(),
             basis.axes.tobytes(),
             len(sample),
+            rows,
         )
-        basis = dataclasses.replace(basis, fitted_at=stamp)
+        basis = dataclasses.replace(basis, fitted_at=stamp, checked_rows=rows)
         await conn.execute(Q.create_projection_staging)
         filled = 0
         cursor = await conn.cursor(table.sql(Q.read_partition_vectors, collection_id))

@@ -23,7 +23,7 @@ import uuid
 import asyncpg
 
 from shared.config import Settings
-from shared.db.bases import fit_partition, load_basis
+from shared.db.bases import Basis, fit_partition, load_basis, refit_due
 from shared.db.embeddings import ModelTable
 from shared.db.queries import Q
 
@@ -107,12 +107,11 @@ async def _build(
         await conn.execute(create, timeout=_LONG)
 
 
-async def _ensure_basis(conn: asyncpg.Connection, table: ModelTable, collection_id: int) -> None:
-    """Fit the partition's principal components for a PCA index (shared/db/bases.py) unless it
-    has a basis of the index's size already."""
-    basis = await load_basis(conn, table, collection_id)
-    if basis is not None and basis.components == table.index_dimensions:
-        return
+async def _fit_basis(
+    conn: asyncpg.Connection, table: ModelTable, collection_id: int, replacing: Basis | None
+) -> None:
+    """Fit the partition's principal components for a PCA index (shared/db/bases.py): its first
+    basis, one of another size, or one for ``replacing``, which has drifted."""
     # Filling in the projections updates every row, and with it every index of the partition
     # (an HNSW graph inserts row by row): the old vector indexes go first, and searches are
     # exact until the new one is built. Dropped outside the fit's transaction: DROP INDEX locks
@@ -120,32 +119,48 @@ async def _ensure_basis(conn: asyncpg.Connection, table: ModelTable, collection_
     # the job's next finalize builds again.
     for row in await conn.fetch(Q.partition_indexes, table.partition(collection_id)):
         await conn.execute(Q.drop_partition_index.replace("{index}", row["name"]))
-    await fit_partition(conn, table, collection_id, table.index_dimensions)
+    stale = None if replacing is None else replacing.fitted_at
+    await fit_partition(conn, table, collection_id, table.index_dimensions, replacing=stale)
     # The update left a dead version of every row; VACUUM runs outside a transaction.
     await conn.execute(Q.vacuum_tables.format(tables=table.partition(collection_id)), timeout=_LONG)
 
 
 async def build_vector_index(
-    conn: asyncpg.Connection, table: ModelTable, collection_id: int, settings: Settings
+    conn: asyncpg.Connection,
+    table: ModelTable,
+    collection_id: int,
+    settings: Settings,
+    *,
+    refit: bool = False,
 ) -> bool:
     """Build the partition's index (KENSAKU_VECTOR_INDEX) if it is missing and the partition is
     large enough, then drop any of another kind. A PCA index (KENSAKU_VECTOR_PROJECTION) first
-    gets its basis fitted on the partition's vectors.
-    Writes to the partition wait during the build; searches go on (exactly)."""
+    gets its basis fitted on the partition's vectors, and is made again when the partition has
+    outgrown its basis (bases.refit_due; ``refit``: check now, whatever the partition's size).
+    Writes to the partition wait during the build; searches go on (exactly). True when an index
+    was built."""
     state = await conn.fetchrow(
         Q.partition_state, table.partition(collection_id), table.index(collection_id)
     )
-    if state is None or not state["present"] or state["indexed"]:
+    if state is None or not state["present"] or (state["indexed"] and not table.pca):
         return False
     rows = await conn.fetchval(table.sql(Q.count_partition, collection_id))
-    if rows < settings.hnsw_min_rows or (table.pca and rows == 0):
+    if not state["indexed"] and (rows < settings.hnsw_min_rows or (table.pca and rows == 0)):
         return False  # (a basis needs vectors to be fitted on)
+    basis = await load_basis(conn, table, collection_id) if table.pca else None
+    if basis is not None and basis.components != table.index_dimensions:
+        basis = None  # of another KENSAKU_VECTOR_DIMENSIONS: fitted anew below
+    drifted = basis is not None and await refit_due(
+        conn, table, collection_id, basis, rows, forced=refit
+    )
+    if state["indexed"] and not drifted:
+        return False
     create = table.sql(Q.create_partition_index, collection_id).replace(
         "{index_method}",
         table.index_method(rows, m=settings.hnsw_m, ef_construction=settings.hnsw_ef_construction),
     )
-    if table.pca:
-        await _ensure_basis(conn, table, collection_id)
+    if table.pca and (basis is None or drifted):
+        await _fit_basis(conn, table, collection_id, basis if drifted else None)
     global _parallel_failed
     workers = 0 if _parallel_failed else settings.hnsw_build_workers
     started = time.perf_counter()

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from shared.config import Settings
+from shared.db import bases
 from shared.db.bases import FIT_ROWS, fit_partition, load_basis
 from shared.db.embeddings import ModelTable, copy_vectors, ensure_model_table, ensure_partition
 from shared.db.pool import create_pool
@@ -30,6 +31,7 @@ pytestmark = pytest.mark.integration
 
 MODEL = "kensaku-test/pca-writer"
 RACE_MODEL = "kensaku-test/pca-race"
+GROWTH_MODEL = "kensaku-test/pca-growth"
 DIM, RANK = 48, 8
 COLLECTION = 2_000_000_001  # a partition of the test's table only: no collection row needed
 BATCH = 1_000
@@ -110,20 +112,93 @@ async def _check(settings: Settings) -> None:
         await pool.close()
 
 
-async def _check_projections(pool: asyncpg.Pool, table: ModelTable, components: int) -> None:
-    """Every row holds its vector's projection on the partition's current basis."""
+async def _check_projections(
+    pool: asyncpg.Pool, table: ModelTable, components: int, rows: int = FIT_ROWS + 3 * BATCH
+) -> None:
+    """Every one of the partition's ``rows`` rows holds its vector's projection on its current
+    basis."""
     basis = await load_basis(pool, table, COLLECTION)
     assert basis is not None
-    rows = await pool.fetch(
+    found = await pool.fetch(
         f"SELECT embedding, reduced FROM {table.partition(COLLECTION)} ORDER BY chunk_id"
     )
-    assert len(rows) == FIT_ROWS + 3 * BATCH
-    assert all(r["reduced"] is not None for r in rows)
-    stored = np.stack([r["embedding"].to_numpy() for r in rows]).astype(np.float32)
-    reduced = np.stack([r["reduced"].to_numpy() for r in rows]).astype(np.float32)
-    assert reduced.shape == (len(rows), components)
+    assert len(found) == rows
+    assert all(r["reduced"] is not None for r in found)
+    stored = np.stack([r["embedding"].to_numpy() for r in found]).astype(np.float32)
+    reduced = np.stack([r["reduced"].to_numpy() for r in found]).astype(np.float32)
+    assert reduced.shape == (rows, components)
     want = basis.project(stored).astype(np.float32)
     assert np.abs(reduced - want).max() < 1e-2
+
+
+@pytest.mark.parametrize("capped", [False, True], ids=["automatic", "above-the-cap"])
+def test_a_basis_the_collection_outgrew_is_refitted(
+    stack: Any, monkeypatch: pytest.MonkeyPatch, capped: bool
+) -> None:
+    """A collection that doubles with more of the same keeps its basis (the check is recorded);
+    one that has not doubled since is not checked; one that doubles with rows of another kind
+    gets a new basis, every row's projection on it, and its index again: at the job's end, or,
+    above AUTO_REFIT_MAX_ROWS, only when asked (`kensaku model index --refit`)."""
+    if capped:
+        monkeypatch.setattr(bases, "AUTO_REFIT_MAX_ROWS", 3 * (FIT_ROWS + BATCH))
+    settings = Settings(database_url=stack.database_url, redis_url=stack.redis_url, hnsw_min_rows=1)
+    asyncio.run(_growth(settings, capped))
+
+
+async def _growth(settings: Settings, capped: bool) -> None:
+    pool = await create_pool(settings, min_size=1)
+    base, table = await _register(pool, GROWTH_MODEL)
+    same, _ = _vectors(3 * FIT_ROWS, seed=11)
+    other, _ = _vectors(3 * FIT_ROWS, seed=12)  # another subspace
+    written = 0
+
+    async def grow(vectors: np.ndarray, upto: int) -> None:
+        nonlocal written
+        for at in range(written, upto, 2 * BATCH):
+            await ensure_partition(pool, table, COLLECTION)
+            async with pool.acquire() as conn, conn.transaction():
+                rows = [(i, 0, vectors[i - written]) for i in range(at, min(at + 2 * BATCH, upto))]
+                await copy_vectors(conn, table, COLLECTION, rows)
+        written = upto
+
+    async def finalize(refit: bool = False) -> bool:
+        async with pool.acquire() as conn:
+            return await build_vector_index(conn, table, COLLECTION, settings, refit=refit)
+
+    try:
+        start = FIT_ROWS + BATCH
+        await grow(same, start)
+        assert await finalize()  # the first index, and its basis
+        first = await load_basis(pool, table, COLLECTION)
+        assert first is not None and first.checked_rows == start
+        await grow(same, 2 * start)  # doubled, with more of the same
+        assert not await finalize()
+        kept = await load_basis(pool, table, COLLECTION)
+        assert kept is not None and kept.fitted_at == first.fitted_at
+        assert kept.checked_rows == 2 * start  # the next check waits for twice this
+        await grow(other, 3 * start)  # of another kind, but not doubled yet: not checked
+        assert not await finalize()
+        unchecked = await load_basis(pool, table, COLLECTION)
+        assert unchecked is not None and unchecked.fitted_at == first.fitted_at
+        assert unchecked.checked_rows == 2 * start
+        await grow(other, 4 * start)  # doubled, and half of it is of another kind
+        if capped:  # too big to refit at a job's end: logged and recorded, refitted when asked
+            assert not await finalize()
+            stale = await load_basis(pool, table, COLLECTION)
+            assert stale is not None and stale.fitted_at == first.fitted_at
+            assert stale.checked_rows == 4 * start
+            assert await finalize(refit=True)
+        else:
+            assert await finalize()
+        refit = await load_basis(pool, table, COLLECTION)
+        assert refit is not None and refit.fitted_at != first.fitted_at
+        assert refit.checked_rows == 4 * start
+        assert await pool.fetchval("SELECT to_regclass($1) IS NOT NULL", table.index(COLLECTION))
+        await _check_projections(pool, table, RANK, rows=4 * start)
+        assert not await finalize()  # not grown since: nothing to do
+    finally:
+        await _unregister(pool, base)
+        await pool.close()
 
 
 def test_two_fits_at_once_make_one_basis(stack: Any) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shared.db.bases import fit_basis
+from shared.db.bases import REFIT_BELOW, drift, fit_basis
 
 
 def _planted(rows: int, dim: int, rank: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -53,3 +53,20 @@ def test_a_basis_needs_components_the_vectors_have() -> None:
         fit_basis(x, 17)
     with pytest.raises(ValueError, match="cannot fit 0 components"):
         fit_basis(x, 0)
+
+
+def test_drift_tells_a_basis_the_collection_has_outgrown_from_one_that_still_fits() -> None:
+    """A collection whose first documents are about one thing (rows near one 3-dimensional
+    subspace) and whose later ones are about two (half near another): the basis fitted on the
+    first rows keeps far less of the grown collection's variance than a fresh one would; a basis
+    fitted on a sample of the grown collection scores about 1."""
+    first, _ = _planted(4_000, 32, 3, seed=4)
+    other, _ = _planted(4_000, 32, 3, seed=5)
+    rng = np.random.default_rng(6)
+    grown = np.vstack([first, other])[rng.permutation(8_000)]
+    early = fit_basis(first[:2_000], 6)
+    assert early.kept_variance(first[2_000:]) > 0.999  # it fits what it was fitted on
+    stale = drift(early, grown[:4_000])
+    assert stale < 0.7, stale
+    fits = drift(fit_basis(grown[4_000:], 6), grown[:4_000])
+    assert REFIT_BELOW <= fits < 1.05, fits

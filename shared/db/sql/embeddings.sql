@@ -76,18 +76,23 @@ SELECT b.fitted_at FROM partition_bases b
 WHERE b.table_name = $1 AND b.collection_id = $2 AND b.partition_oid = to_regclass($3)::oid;
 
 -- name: partition_basis
-SELECT b.components, b.mean, b.axes, b.fitted_at FROM partition_bases b
+SELECT b.components, b.mean, b.axes, b.fitted_at, b.checked_rows FROM partition_bases b
 WHERE b.table_name = $1 AND b.collection_id = $2 AND b.partition_oid = to_regclass($3)::oid;
 
 -- name: save_partition_basis
 INSERT INTO partition_bases AS b (table_name, collection_id, partition_oid, components, mean, axes,
-                                  fitted_rows)
-VALUES ($1, $2, to_regclass($3)::oid, $4, $5, $6, $7)
+                                  fitted_rows, checked_rows)
+VALUES ($1, $2, to_regclass($3)::oid, $4, $5, $6, $7, $8)
 ON CONFLICT (table_name, collection_id) DO UPDATE
 SET partition_oid = EXCLUDED.partition_oid, components = EXCLUDED.components,
     mean = EXCLUDED.mean, axes = EXCLUDED.axes, fitted_rows = EXCLUDED.fitted_rows,
-    fitted_at = now()
+    checked_rows = EXCLUDED.checked_rows, fitted_at = now()
 RETURNING b.fitted_at;
+
+-- name: record_basis_check
+-- The basis fitted at $3 was checked against the partition at $4 rows and kept.
+UPDATE partition_bases SET checked_rows = $4
+WHERE table_name = $1 AND collection_id = $2 AND fitted_at = $3;
 
 -- name: sample_partition
 -- The vectors a basis is fitted on: a uniform sample of the partition's rows.
