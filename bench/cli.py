@@ -47,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="comma-separated hnsw.ef_search values measured on each build (default: the setting)",
     )
+    sz = sub.add_parser(
+        "index-sizes", help="bytes per vector of each HNSW kind at several model dimensions"
+    )
+    sz.add_argument("--dimensions", default="300,768,1024", help="comma-separated dimensions")
+    sz.add_argument("--index", default="hnsw,hnsw_halfvec,hnsw_binary")
+    sz.add_argument("--rows", type=int, default=20_000, help="random unit vectors per build")
     tu = sub.add_parser("tune", help="fit BM25 and fusion parameters in-process")
     tu.add_argument("--corpus", type=Path, required=True)
     tu.add_argument("--queries", type=Path, required=True)
@@ -89,6 +95,12 @@ def main(argv: list[str] | None = None) -> int:
             n_queries=args.sample_queries,
             ef_search=[int(x) for x in args.ef_search.split(",") if x],
             projections=[x for x in args.projection.split(",") if x],
+        )
+    if args.what == "index-sizes":
+        from bench.index_sizes import main as index_sizes
+
+        return index_sizes(
+            [int(x) for x in args.dimensions.split(",")], args.index.split(","), args.rows
         )
     if args.what == "tune":
         from bench.tune import main as tune

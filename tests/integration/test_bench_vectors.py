@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 
 from bench.corpus import sentences
+from bench.index_sizes import MODEL, measure_sizes
 from bench.vectors import exact_top, measure, with_sums
 from shared.config import Settings
 from shared.embed.embedder import load_embedder
+from tests.helpers import db_fetch
 
 pytestmark = pytest.mark.integration
 
@@ -55,3 +57,31 @@ def test_every_index_kind_is_measured_through_its_index(stack: Any) -> None:
     # Both first passes find most of the true top 10 once re-ranked (0.92 each on these
     # sentences; a query projected on another basis than the rows' would find almost none).
     assert min(reduced.values()) >= 0.85, reduced
+
+
+def test_index_sizes_are_measured_per_vector_and_kind(stack: Any) -> None:
+    """`kensaku bench index-sizes`: each kind's bytes per vector at two dimensions, in the
+    stack's database. The binary index's advantage grows with the dimension (its per-element
+    header and neighbour list stay the same size), which is what the benchmark is for."""
+    settings = Settings(database_url=stack.database_url, redis_url=stack.redis_url, hnsw_min_rows=0)
+    kinds = ["hnsw", "hnsw_halfvec", "hnsw_binary"]
+    try:
+        results = asyncio.run(measure_sizes(settings, [64, 512], kinds, 2_000))
+    finally:
+        for d in (64, 512):
+            model = MODEL.format(dimension=d)
+            rows = db_fetch(stack, "SELECT table_name FROM embedding_models WHERE name = $1", model)
+            for r in rows:
+                db_fetch(stack, f"DROP TABLE IF EXISTS {r['table_name']}")
+            db_fetch(stack, "DELETE FROM embedding_models WHERE name = $1", model)
+    size = {(r["dimension"], r["index"]): r for r in results}
+    assert sorted(size) == sorted((d, k) for d in (64, 512) for k in kinds)
+    for d in (64, 512):
+        b = [size[d, k]["bytes_per_vector"] for k in kinds]
+        assert b[0] > b[1] > b[2] > 0, (d, b)
+        assert size[d, "hnsw"]["float_over_this"] == 1.0
+        # At least the value's bytes: 4 per float dimension.
+        assert size[d, "hnsw"]["bytes_per_vector"] > 4 * d
+    assert (
+        size[512, "hnsw_binary"]["float_over_this"] > 2 * size[64, "hnsw_binary"]["float_over_this"]
+    )
