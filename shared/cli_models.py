@@ -288,7 +288,7 @@ def cmd_model_index(args: argparse.Namespace) -> int:
                     f"built {table.index(cid)} in {took:.1f} s"
                     if built
                     else f"{table.partition(cid)}: index present"
-                    + (" (its PCA basis still fits)" if args.refit and table.pca else "")
+                    + (" and its PCA basis kept" if args.refit and table.pca else "")
                     + f", or fewer vectors than KENSAKU_HNSW_MIN_ROWS ({settings.hnsw_min_rows})"
                 )
         return 0
@@ -354,6 +354,6 @@ def add_commands(
         action="store_true",
         help="check each PCA basis against its collection's vectors now, and refit (and "
         "re-index) those that no longer fit, whatever the collection's size; searches of a "
-        "collection being refitted are exact meanwhile",
+        "collection being refitted scan it without an index meanwhile",
     )
     mix.set_defaults(func=cmd_model_index)

@@ -6,6 +6,7 @@ and its measured choices are in shared/db/sql/search.sql.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import time
@@ -120,9 +121,10 @@ class CollectionInfo:
 class CollectionCache:
     """Collection name → id, whether its vector partition exists and its basis, kept for a few
     seconds so a search is one round trip. A collection's id never changes while it exists; a
-    partition appears with the collection's first vectors. A basis fitted anew (another N) is
-    seen within the ttl; until then the index's first pass is coarser, and the candidates are
-    still ranked by their exact cosine."""
+    partition appears with the collection's first vectors. A basis, though, is checked at every
+    search (one primary-key read of its stamp): a refit of the same size (bases.refit_due)
+    changes the axes and their signs, and a query projected on the old ones would find next to
+    nothing among rows projected on the new."""
 
     def __init__(self, ttl: float = 5.0) -> None:
         self.ttl = ttl
@@ -133,7 +135,15 @@ class CollectionCache:
         now = time.monotonic()
         hit = self._entries.get(key)
         if hit is not None and hit[0] > now:
-            return hit[1]
+            info = hit[1]
+            if info.basis is None:
+                return info
+            basis = await current_basis(pool, table, info.id, info.basis)
+            if basis is info.basis:
+                return info
+            info = dataclasses.replace(info, basis=basis)
+            self._entries[key] = (hit[0], info)
+            return info
         cid = await pool.fetchval(Q.collection_id, name)
         if cid is None:
             self._entries.pop(key, None)

@@ -24,13 +24,13 @@ Refits: a basis fitted on a collection's first documents can miss what later one
 Once a partition has doubled since its basis was fitted or last checked, the job's end (or
 `kensaku model index`) checks it on a fresh sample: a basis fitted on half of the sample, and the
 stored basis, each keep some share of the other half's variance (``drift``). Below REFIT_BELOW of
-the fresh basis's share, the partition is refitted: its projections and its index are made again,
-searches being exact meanwhile. On ja_dev's sentence vectors in corpus order (bench/RESULTS.md),
-a basis of 64 components fitted on the first 5,000 kept 0.89 of a fresh one's share and gave
-recall@10 0.81 where a uniform sample gave 0.85; uniform samples of the same rows score 1.01-1.02
-(the fresh basis has seen half as many rows). Automatic refits stop at AUTO_REFIT_MAX_ROWS, above
-which a refit's index build takes minutes: a bigger partition that drifted is logged, and refitted
-by `kensaku model index --refit`.
+the fresh basis's share, the partition is refitted: its projections and its index are made
+again, searches scanning the partition without an index meanwhile. On ja_dev's sentence vectors
+in corpus order (bench/RESULTS.md), a basis of 64 components fitted on the first 5,000 kept 0.89
+of a fresh one's share and gave recall@10 0.81 where a uniform sample gave 0.85; uniform samples
+of the same rows score 1.01-1.02 (the fresh basis has seen half as many rows). Automatic refits
+stop at AUTO_REFIT_MAX_ROWS, above which a refit's index build takes minutes: a bigger partition
+that drifted is logged, and refitted by `kensaku model index --refit`.
 """
 
 from __future__ import annotations
@@ -255,7 +255,8 @@ async def refit_due(
     else:
         log.warning(
             "the basis of %s has drifted (%.3f < %.2f), but %d rows are more than a job's end "
-            "refits (%d): `kensaku model index --refit` refits it, searches being exact meanwhile",
+            "refits (%d): `kensaku model index --refit` refits it (searches then scan it "
+            "unindexed until its index is built again)",
             partition,
             score,
             REFIT_BELOW,
@@ -289,7 +290,7 @@ async def fit_partition(
         if not sample:
             raise ValueError(f"{partition} has no vectors to fit a basis on")
         basis = fit_basis(np.stack([r["embedding"].to_numpy() for r in sample]), components)
-        rows = await conn.fetchval(table.sql(Q.count_partition, collection_id))
+        counted = await conn.fetchval(table.sql(Q.count_partition, collection_id))
         stamp = await conn.fetchval(
             Q.save_partition_basis,
             table.table,
@@ -299,9 +300,9 @@ async def fit_partition(
             basis.mean.tobytes(),
             basis.axes.tobytes(),
             len(sample),
-            rows,
+            counted,
         )
-        basis = dataclasses.replace(basis, fitted_at=stamp, checked_rows=rows)
+        basis = dataclasses.replace(basis, fitted_at=stamp, checked_rows=counted)
         await conn.execute(Q.create_projection_staging)
         filled = 0
         cursor = await conn.cursor(table.sql(Q.read_partition_vectors, collection_id))

@@ -23,7 +23,7 @@ import uuid
 import asyncpg
 
 from shared.config import Settings
-from shared.db.bases import Basis, fit_partition, load_basis, refit_due
+from shared.db.bases import REFIT_GROWTH, Basis, fit_partition, load_basis, refit_due
 from shared.db.embeddings import ModelTable
 from shared.db.queries import Q
 
@@ -108,19 +108,40 @@ async def _build(
 
 
 async def _fit_basis(
-    conn: asyncpg.Connection, table: ModelTable, collection_id: int, replacing: Basis | None
+    conn: asyncpg.Connection,
+    table: ModelTable,
+    collection_id: int,
+    rows: int,
+    replacing: Basis | None,
 ) -> None:
     """Fit the partition's principal components for a PCA index (shared/db/bases.py): its first
     basis, one of another size, or one for ``replacing``, which has drifted."""
     # Filling in the projections updates every row, and with it every index of the partition
-    # (an HNSW graph inserts row by row): the old vector indexes go first, and searches are
-    # exact until the new one is built. Dropped outside the fit's transaction: DROP INDEX locks
-    # the table against reads until commit, and the fit may take a while. Should the fit fail,
-    # the job's next finalize builds again.
+    # (an HNSW graph inserts row by row): the old vector indexes go first, and searches scan the
+    # partition without an index until the new one is built. Dropped outside the fit's
+    # transaction: DROP INDEX locks the table against reads until commit, and the fit may take a
+    # while. Should a first fit fail, the job's next finalize builds again.
     for row in await conn.fetch(Q.partition_indexes, table.partition(collection_id)):
         await conn.execute(Q.drop_partition_index.replace("{index}", row["name"]))
-    stale = None if replacing is None else replacing.fitted_at
-    await fit_partition(conn, table, collection_id, table.index_dimensions, replacing=stale)
+    if replacing is None:
+        await fit_partition(conn, table, collection_id, table.index_dimensions)
+    else:
+        try:
+            await fit_partition(
+                conn, table, collection_id, table.index_dimensions, replacing=replacing.fitted_at
+            )
+        except asyncpg.PostgresError as exc:
+            # The fill rewrites every row (a full disk is the likely failure). Rolled back, the
+            # rows keep their projections on the old basis, which is still the recorded one:
+            # index them again rather than leave the partition unindexed and every later job
+            # retrying the refit. The next try waits for the partition to double.
+            log.warning(
+                "refit of %s failed (%s); keeping its basis", table.partition(collection_id), exc
+            )
+            await conn.execute(
+                Q.record_basis_check, table.table, collection_id, replacing.fitted_at, rows
+            )
+            return
     # The update left a dead version of every row; VACUUM runs outside a transaction.
     await conn.execute(Q.vacuum_tables.format(tables=table.partition(collection_id)), timeout=_LONG)
 
@@ -137,30 +158,58 @@ async def build_vector_index(
     large enough, then drop any of another kind. A PCA index (KENSAKU_VECTOR_PROJECTION) first
     gets its basis fitted on the partition's vectors, and is made again when the partition has
     outgrown its basis (bases.refit_due; ``refit``: check now, whatever the partition's size).
-    Writes to the partition wait during the build; searches go on (exactly). True when an index
-    was built."""
+    Writes to the partition wait during the build; searches go on without the index. True when
+    an index was built."""
     state = await conn.fetchrow(
         Q.partition_state, table.partition(collection_id), table.index(collection_id)
     )
     if state is None or not state["present"] or (state["indexed"] and not table.pca):
         return False
-    rows = await conn.fetchval(table.sql(Q.count_partition, collection_id))
-    if not state["indexed"] and (rows < settings.hnsw_min_rows or (table.pca and rows == 0)):
-        return False  # (a basis needs vectors to be fitted on)
+    # One builder per collection from the decision to the build: two finalizers that both found
+    # a basis drifted would otherwise refit and rebuild it twice.
+    lock = (_BUILD_LOCK, collection_id)
+    await conn.execute(Q.advisory_lock, *lock, timeout=_LONG)  # (another may be building)
+    try:
+        return await _build_locked(conn, table, collection_id, settings, refit)
+    finally:
+        await conn.execute(Q.advisory_unlock, *lock)
+
+
+async def _build_locked(
+    conn: asyncpg.Connection, table: ModelTable, collection_id: int, settings: Settings, refit: bool
+) -> bool:
+    state = await conn.fetchrow(
+        Q.partition_state, table.partition(collection_id), table.index(collection_id)
+    )
+    if state is None or not state["present"]:
+        return False
+    indexed = bool(state["indexed"])
     basis = await load_basis(conn, table, collection_id) if table.pca else None
     if basis is not None and basis.components != table.index_dimensions:
         basis = None  # of another KENSAKU_VECTOR_DIMENSIONS: fitted anew below
+    if indexed:
+        if basis is None:
+            return False
+        # Every job's end comes here: the planner's count (kept by the VACUUM a large job gets,
+        # and by autovacuum) tells whether the partition may have doubled, without a scan.
+        due_at = REFIT_GROWTH * max(basis.checked_rows, 1)
+        estimate = await conn.fetchval(Q.partition_row_estimate, table.partition(collection_id))
+        if not refit and estimate < due_at:
+            return False
+    rows = await conn.fetchval(table.sql(Q.count_partition, collection_id))
+    if not indexed and (rows < settings.hnsw_min_rows or (table.pca and rows == 0)):
+        return False  # (a basis needs vectors to be fitted on)
     drifted = basis is not None and await refit_due(
         conn, table, collection_id, basis, rows, forced=refit
     )
-    if state["indexed"] and not drifted:
+    if indexed and not drifted:
         return False
     create = table.sql(Q.create_partition_index, collection_id).replace(
         "{index_method}",
         table.index_method(rows, m=settings.hnsw_m, ef_construction=settings.hnsw_ef_construction),
     )
     if table.pca and (basis is None or drifted):
-        await _fit_basis(conn, table, collection_id, basis if drifted else None)
+        await _fit_basis(conn, table, collection_id, rows, basis if drifted else None)
     global _parallel_failed
     workers = 0 if _parallel_failed else settings.hnsw_build_workers
     started = time.perf_counter()

@@ -131,73 +131,105 @@ async def _check_projections(
     assert np.abs(reduced - want).max() < 1e-2
 
 
-@pytest.mark.parametrize("capped", [False, True], ids=["automatic", "above-the-cap"])
+@pytest.mark.parametrize("case", ["automatic", "above-the-cap", "refit-fails"])
 def test_a_basis_the_collection_outgrew_is_refitted(
-    stack: Any, monkeypatch: pytest.MonkeyPatch, capped: bool
+    stack: Any, monkeypatch: pytest.MonkeyPatch, case: str
 ) -> None:
     """A collection that doubles with more of the same keeps its basis (the check is recorded);
     one that has not doubled since is not checked; one that doubles with rows of another kind
     gets a new basis, every row's projection on it, and its index again: at the job's end, or,
-    above AUTO_REFIT_MAX_ROWS, only when asked (`kensaku model index --refit`)."""
-    if capped:
+    above AUTO_REFIT_MAX_ROWS, only when asked (`kensaku model index --refit`). A refit that
+    fails (here a trigger refuses the fill's updates) keeps the old basis and indexes again."""
+    if case == "above-the-cap":
         monkeypatch.setattr(bases, "AUTO_REFIT_MAX_ROWS", 3 * (FIT_ROWS + BATCH))
     settings = Settings(database_url=stack.database_url, redis_url=stack.redis_url, hnsw_min_rows=1)
-    asyncio.run(_growth(settings, capped))
+    asyncio.run(_growth(settings, case))
 
 
-async def _growth(settings: Settings, capped: bool) -> None:
+async def _growth(settings: Settings, case: str) -> None:
     pool = await create_pool(settings, min_size=1)
     base, table = await _register(pool, GROWTH_MODEL)
-    same, _ = _vectors(3 * FIT_ROWS, seed=11)
-    other, _ = _vectors(3 * FIT_ROWS, seed=12)  # another subspace
+    partition = table.partition(COLLECTION)
+    start = FIT_ROWS + BATCH
+    same, _ = _vectors(2 * start, seed=11)
+    other, _ = _vectors(2 * start, seed=12)  # another subspace
     written = 0
 
-    async def grow(vectors: np.ndarray, upto: int) -> None:
+    async def grow(vectors: np.ndarray) -> None:
+        """Write every one of ``vectors`` after the rows already there, as workers do."""
         nonlocal written
-        for at in range(written, upto, 2 * BATCH):
+        for at in range(0, len(vectors), 2 * BATCH):
             await ensure_partition(pool, table, COLLECTION)
+            batch = vectors[at : at + 2 * BATCH]
             async with pool.acquire() as conn, conn.transaction():
-                rows = [(i, 0, vectors[i - written]) for i in range(at, min(at + 2 * BATCH, upto))]
+                rows = [(written + at + i, 0, v) for i, v in enumerate(batch)]
                 await copy_vectors(conn, table, COLLECTION, rows)
-        written = upto
+        written += len(vectors)
 
     async def finalize(refit: bool = False) -> bool:
+        # A job as large as these gets VACUUM (ANALYZE) first, which counts the partition.
+        await pool.execute(f"ANALYZE {partition}")
         async with pool.acquire() as conn:
             return await build_vector_index(conn, table, COLLECTION, settings, refit=refit)
 
+    async def index_oid() -> int | None:
+        oid: int | None = await pool.fetchval(
+            "SELECT to_regclass($1)::oid", table.index(COLLECTION)
+        )
+        return oid
+
     try:
-        start = FIT_ROWS + BATCH
-        await grow(same, start)
+        await grow(same[:start])
         assert await finalize()  # the first index, and its basis
         first = await load_basis(pool, table, COLLECTION)
         assert first is not None and first.checked_rows == start
-        await grow(same, 2 * start)  # doubled, with more of the same
+        await grow(same[start:])  # doubled, with more of the same
         assert not await finalize()
         kept = await load_basis(pool, table, COLLECTION)
         assert kept is not None and kept.fitted_at == first.fitted_at
         assert kept.checked_rows == 2 * start  # the next check waits for twice this
-        await grow(other, 3 * start)  # of another kind, but not doubled yet: not checked
+        await grow(other[:start])  # of another kind, but not doubled yet: not checked
         assert not await finalize()
         unchecked = await load_basis(pool, table, COLLECTION)
         assert unchecked is not None and unchecked.fitted_at == first.fitted_at
         assert unchecked.checked_rows == 2 * start
-        await grow(other, 4 * start)  # doubled, and half of it is of another kind
-        if capped:  # too big to refit at a job's end: logged and recorded, refitted when asked
+        await grow(other[start:])  # doubled, and half of it is of another kind
+        before = await index_oid()
+        assert before is not None
+        if case == "above-the-cap":  # too big for a job's end: logged and recorded; when asked
             assert not await finalize()
             stale = await load_basis(pool, table, COLLECTION)
             assert stale is not None and stale.fitted_at == first.fitted_at
             assert stale.checked_rows == 4 * start
             assert await finalize(refit=True)
+        elif case == "refit-fails":
+            await pool.execute(
+                "CREATE OR REPLACE FUNCTION kensaku_test_no_updates() RETURNS trigger "
+                "LANGUAGE plpgsql AS $$BEGIN RAISE EXCEPTION 'no space left (test)'; END$$"
+            )
+            await pool.execute(
+                f"CREATE TRIGGER no_updates BEFORE UPDATE ON {partition} "
+                "FOR EACH ROW EXECUTE FUNCTION kensaku_test_no_updates()"
+            )
+            assert await finalize()  # indexed again, over the old projections
+            assert await index_oid() not in (None, before)
+            failed = await load_basis(pool, table, COLLECTION)
+            assert failed is not None and failed.fitted_at == first.fitted_at
+            assert failed.checked_rows == 4 * start  # not retried at every job's end
+            await _check_projections(pool, table, RANK, rows=4 * start)
+            assert not await finalize()
+            return
         else:
             assert await finalize()
         refit = await load_basis(pool, table, COLLECTION)
         assert refit is not None and refit.fitted_at != first.fitted_at
         assert refit.checked_rows == 4 * start
-        assert await pool.fetchval("SELECT to_regclass($1) IS NOT NULL", table.index(COLLECTION))
+        assert await index_oid() not in (None, before)  # built again over the new projections
         await _check_projections(pool, table, RANK, rows=4 * start)
         assert not await finalize()  # not grown since: nothing to do
     finally:
-        await _unregister(pool, base)
+        await _unregister(pool, base)  # (the trigger goes with the table)
+        await pool.execute("DROP FUNCTION IF EXISTS kensaku_test_no_updates()")
         await pool.close()
 
 
@@ -275,6 +307,16 @@ def test_model_index_builds_a_pca_index_for_a_loaded_collection(stack: Any, api:
         assert components == 32
         assert f"built {index}" in done.stdout, done.stdout
         assert db_fetch(stack, "SELECT to_regclass($1) IS NOT NULL AS present", index)[0]["present"]
+        # --refit checks the basis now; fitted on these same rows, it is kept.
+        again = subprocess.run(
+            [sys.executable, "-m", "shared.cli", "model", "index", "--refit", "--collection", name],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert again.returncode == 0, again.stderr
+        assert "index present and its PCA basis kept" in again.stdout, again.stdout
     finally:  # nothing the stack's own writes would keep projecting on
         db_fetch(stack, f"DROP INDEX IF EXISTS {index}")
         db_fetch(

@@ -205,6 +205,19 @@ async def _check_pca(settings: Settings) -> None:
                     exact = await _hits(conn, embedder, table, settings, LARGE, q, rare)
                 assert [h for h, _ in filtered] == [h for h, _ in exact], q
         assert sum(recalls) / len(recalls) >= 0.95, recalls
+        # The API's cache sees a refit (a new stamp, the same N) at the next search, not after
+        # its ttl: a query projected on the old axes would find almost nothing.
+        cache = CollectionCache(ttl=3600)
+        cached = await cache.get(pool, pca, LARGE)
+        assert cached.basis is not None and cached.basis.fitted_at == basis.fitted_at
+        stamp = await pool.fetchval(
+            "UPDATE partition_bases SET fitted_at = now() "
+            "WHERE table_name = $1 AND collection_id = $2 RETURNING fitted_at",
+            table.table,
+            large,
+        )
+        seen = await cache.get(pool, pca, LARGE)
+        assert seen.basis is not None and seen.basis.fitted_at == stamp != basis.fitted_at
     finally:
         # Back to the index the stack's workers build, and no basis for their writes to keep.
         async with pool.acquire() as conn:

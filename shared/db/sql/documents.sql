@@ -174,6 +174,9 @@ VACUUM (ANALYZE) {tables};
 -- name: try_advisory_lock
 SELECT pg_try_advisory_lock($1::integer, $2::integer);
 
+-- name: advisory_lock
+SELECT pg_advisory_lock($1::integer, $2::integer);
+
 -- name: advisory_unlock
 SELECT pg_advisory_unlock($1::integer, $2::integer);
 
