@@ -47,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="comma-separated hnsw.ef_search values measured on each build (default: the setting)",
     )
+    ve.add_argument(
+        "--shared-buffers",
+        default="",
+        help="comma-separated PostgreSQL shared_buffers sizes in MB, a server and every build "
+        "for each (default: the embedded server's 128 MB)",
+    )
     sz = sub.add_parser(
         "index-sizes", help="bytes per vector of each HNSW kind at several model dimensions"
     )
@@ -95,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             n_queries=args.sample_queries,
             ef_search=[int(x) for x in args.ef_search.split(",") if x],
             projections=[x for x in args.projection.split(",") if x],
+            shared_buffers=[int(x) for x in args.shared_buffers.split(",") if x],
         )
     if args.what == "index-sizes":
         from bench.index_sizes import main as index_sizes

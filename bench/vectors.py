@@ -250,6 +250,19 @@ async def _search(
     }
 
 
+def server_shared_buffers(url: str) -> str:
+    """The server's shared_buffers, as SHOW prints it (e.g. "128MB")."""
+
+    async def read() -> str:
+        conn = await asyncpg.connect(url)
+        try:
+            return str(await conn.fetchval("SHOW shared_buffers"))
+        finally:
+            await conn.close()
+
+    return asyncio.run(read())
+
+
 def main(
     corpus: Path,
     queries: Path,
@@ -259,7 +272,10 @@ def main(
     n_queries: int = 200,
     ef_search: list[int] | None = None,
     projections: list[str] | None = None,
+    shared_buffers: list[int] | None = None,
 ) -> int:
+    """``shared_buffers``: a server of its own for each value (MB), every build in each; the
+    default is the embedded server's own (128 MB)."""
     base = get_settings()
     efs = ef_search or [base.hnsw_ef_search]
     projs = projections or [base.vector_projection]
@@ -270,28 +286,32 @@ def main(
         print(f"--ef-search {bad}: outside pgvector's 1 to 1000", file=sys.stderr)
         return 2
     vectors_all, q, real = corpus_vectors(corpus, queries, max(rows), n_queries)
-    with tempfile.TemporaryDirectory(prefix="kensaku-bench-") as tmp:
-        pg = start_postgres(Path(tmp) / "postgres")
-        try:
-            asyncio.run(migrate(pg.url))
-            for n in rows:
-                vectors = vectors_all[:n]
-                print(
-                    f"{n:,} vectors of {vectors.shape[1]} dimensions ({min(real, n):,} real "
-                    f"sentences, the rest sums of two), {len(q)} real questions, top {TOP_K}, "
-                    f"ef_search {','.join(map(str, efs))}, probes {base.ivfflat_probes}, "
-                    f"re-rank × {base.binary_rerank_factor}",
-                    flush=True,
-                )
-                truth = exact_top(vectors, q)
-                print(
-                    f"  {'index':<13} {'dims':>5} {'proj':>6} {'ef':>5} {'load r/s':>9} "
-                    f"{'build s':>8} "
-                    f"{'table MB':>8} {'index MB':>8} {'rec@10':>7} {'p50 c1':>7} {'p95 c1':>7} "
-                    f"{'p50 c8':>7} {'p95 c8':>7}"
-                )
-                settings = base.model_copy(update={"database_url": pg.url, "hnsw_min_rows": 0})
-                asyncio.run(measure(settings, vectors, q, truth, kinds, dimensions, efs, projs))
-        finally:
-            pg.stop()
+    sizes: list[int | None] = [*shared_buffers] if shared_buffers else [None]
+    for buffers in sizes:
+        server = None if buffers is None else {"shared_buffers": f"{buffers}MB"}
+        with tempfile.TemporaryDirectory(prefix="kensaku-bench-") as tmp:
+            pg = start_postgres(Path(tmp) / "postgres", settings=server)
+            try:
+                asyncio.run(migrate(pg.url))
+                for n in rows:
+                    vectors = vectors_all[:n]
+                    print(
+                        f"{n:,} vectors of {vectors.shape[1]} dimensions ({min(real, n):,} real "
+                        f"sentences, the rest sums of two), {len(q)} real questions, top {TOP_K}, "
+                        f"ef_search {','.join(map(str, efs))}, probes {base.ivfflat_probes}, "
+                        f"re-rank × {base.binary_rerank_factor}, shared_buffers "
+                        f"{server_shared_buffers(pg.url)}",
+                        flush=True,
+                    )
+                    truth = exact_top(vectors, q)
+                    print(
+                        f"  {'index':<13} {'dims':>5} {'proj':>6} {'ef':>5} {'load r/s':>9} "
+                        f"{'build s':>8} "
+                        f"{'table MB':>8} {'index MB':>8} {'rec@10':>7} {'p50 c1':>7} "
+                        f"{'p95 c1':>7} {'p50 c8':>7} {'p95 c8':>7}"
+                    )
+                    settings = base.model_copy(update={"database_url": pg.url, "hnsw_min_rows": 0})
+                    asyncio.run(measure(settings, vectors, q, truth, kinds, dimensions, efs, projs))
+            finally:
+                pg.stop()
     return 0

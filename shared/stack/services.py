@@ -32,12 +32,21 @@ class LocalPostgres:
     _server: Any = field(repr=False)
 
     def stop(self) -> None:
-        self._server.cleanup()
-        # pgserver also registers this at exit; once stopped, that call would only log noise.
-        atexit.unregister(self._server._cleanup)
+        _stop(self._server)
 
 
-def start_postgres(data_dir: Path, database: str = "kensaku") -> LocalPostgres:
+def _stop(server: Any) -> None:
+    server.cleanup()
+    # pgserver also registers this at exit; once stopped, that call would only log noise.
+    atexit.unregister(server._cleanup)
+
+
+def start_postgres(
+    data_dir: Path, database: str = "kensaku", settings: dict[str, str] | None = None
+) -> LocalPostgres:
+    """The server of ``data_dir``, started if need be. ``settings``: server settings written
+    with ALTER SYSTEM before it serves (a restart applies those, such as shared_buffers, that
+    only take effect at start); names and values come from the caller's code, not from input."""
     try:
         import pgserver
     except ImportError as exc:  # pragma: no cover - depends on the install
@@ -46,6 +55,10 @@ def start_postgres(data_dir: Path, database: str = "kensaku") -> LocalPostgres:
         ) from exc
     data_dir.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
+    if settings:
+        server.psql("".join(f"ALTER SYSTEM SET {k} = '{v}';" for k, v in settings.items()))
+        _stop(server)
+        server = pgserver.get_server(data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
     if database not in server.psql("SELECT datname FROM pg_database;"):
         server.psql(f"CREATE DATABASE {database};")
     return LocalPostgres(data_dir, server.get_uri(database), server)

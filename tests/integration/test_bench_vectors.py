@@ -5,6 +5,7 @@ benchmark checks the plan), and agrees with the exact ranking."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,9 +13,10 @@ import pytest
 
 from bench.corpus import sentences
 from bench.index_sizes import MODEL, measure_sizes
-from bench.vectors import exact_top, measure, with_sums
+from bench.vectors import exact_top, measure, server_shared_buffers, with_sums
 from shared.config import Settings
 from shared.embed.embedder import load_embedder
+from shared.stack.services import start_postgres
 from tests.helpers import db_fetch
 
 pytestmark = pytest.mark.integration
@@ -85,3 +87,13 @@ def test_index_sizes_are_measured_per_vector_and_kind(stack: Any) -> None:
     assert (
         size[512, "hnsw_binary"]["float_over_this"] > 2 * size[64, "hnsw_binary"]["float_over_this"]
     )
+
+
+def test_a_benchmark_server_starts_with_the_settings_asked_for(tmp_path: Path) -> None:
+    """`kensaku bench vectors --shared-buffers`: settings that apply only at a server's start
+    (shared_buffers) are in effect once start_postgres returns."""
+    pg = start_postgres(tmp_path / "postgres", settings={"shared_buffers": "48MB"})
+    try:
+        assert server_shared_buffers(pg.url) == "48MB"
+    finally:
+        pg.stop()
