@@ -193,8 +193,7 @@ async def _build_locked(
         # Every job's end comes here: the planner's count (kept by the VACUUM a large job gets,
         # and by autovacuum) tells whether the partition may have doubled, without a scan.
         due_at = REFIT_GROWTH * max(basis.checked_rows, 1)
-        estimate = await conn.fetchval(Q.partition_row_estimate, table.partition(collection_id))
-        if not refit and estimate < due_at:
+        if not refit and (state["estimated_rows"] or 0) < due_at:
             return False
     rows = await conn.fetchval(table.sql(Q.count_partition, collection_id))
     if not indexed and (rows < settings.hnsw_min_rows or (table.pca and rows == 0)):

@@ -44,11 +44,6 @@ SELECT (SELECT reltuples FROM pg_class WHERE oid = to_regclass($1)) AS estimated
 -- name: count_partition
 SELECT count(*) FROM {partition};
 
--- name: partition_row_estimate
--- The planner's row count of the partition, as its last VACUUM, ANALYZE or index build left it
--- (-1: never counted): a bound to compare with, without a scan.
-SELECT c.reltuples::bigint FROM pg_class c WHERE c.oid = to_regclass($1);
-
 -- name: count_partition_upto
 -- The partition's rows, counted up to $1: the cost stays bounded however big it is.
 SELECT count(*) FROM (SELECT 1 FROM {partition} LIMIT $1) r;
