@@ -41,12 +41,31 @@ def _stop(server: Any) -> None:
     atexit.unregister(server._cleanup)
 
 
+# The embedded server's settings. shared_buffers: PostgreSQL's 128 MB default made searches of a
+# 264 MB index 2.8x slower than 2 GB did (bench/RESULTS.md, "shared_buffers that hold the index");
+# 1 GB holds the index of about a million halfvec(300) vectors, and the memory is taken only as
+# pages are read.
+EMBEDDED_POSTGRES_SETTINGS = {"shared_buffers": "1GB"}
+
+
+def _restart_pending(server: Any) -> bool:
+    """Whether the settings files hold a value the running server can take only at a restart.
+    pg_file_settings reads the files at query time (no reload race) and compares the values
+    itself, whatever units they were written in: such an entry is not applied, with an error."""
+    out = server.psql(
+        "SELECT 'pending=' || count(*) FROM pg_file_settings"
+        " WHERE NOT applied AND error IS NOT NULL;"
+    )
+    return "pending=0" not in out
+
+
 def start_postgres(
     data_dir: Path, database: str = "kensaku", settings: dict[str, str] | None = None
 ) -> LocalPostgres:
     """The server of ``data_dir``, started if need be. ``settings``: server settings written
-    with ALTER SYSTEM before it serves (a restart applies those, such as shared_buffers, that
-    only take effect at start); names and values come from the caller's code, not from input."""
+    with ALTER SYSTEM before it serves. Those that take effect only at a server's start (such as
+    shared_buffers) cost a restart, once: a server already running with them is not restarted.
+    Names and values come from the caller's code, not from input."""
     try:
         import pgserver
     except ImportError as exc:  # pragma: no cover - depends on the install
@@ -57,8 +76,9 @@ def start_postgres(
     server = pgserver.get_server(data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
     if settings:
         server.psql("".join(f"ALTER SYSTEM SET {k} = '{v}';" for k, v in settings.items()))
-        _stop(server)
-        server = pgserver.get_server(data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
+        if _restart_pending(server):
+            _stop(server)
+            server = pgserver.get_server(data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
     if database not in server.psql("SELECT datname FROM pg_database;"):
         server.psql(f"CREATE DATABASE {database};")
     return LocalPostgres(data_dir, server.get_uri(database), server)

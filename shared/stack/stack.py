@@ -26,7 +26,14 @@ from shared.config import Settings
 from shared.db.migrate import migrate
 from shared.errors import ConfigError
 from shared.metrics import reset_multiproc_dir
-from shared.stack.services import LocalPostgres, LocalRedis, free_port, start_postgres, start_redis
+from shared.stack.services import (
+    EMBEDDED_POSTGRES_SETTINGS,
+    LocalPostgres,
+    LocalRedis,
+    free_port,
+    start_postgres,
+    start_redis,
+)
 
 
 @dataclass
@@ -88,7 +95,9 @@ class Stack:
         (self.data_dir / "logs").mkdir(exist_ok=True)
         self.database_url = os.environ.get("KENSAKU_DATABASE_URL", "")
         if not self.database_url:
-            self.postgres = start_postgres(self.data_dir / "postgres")
+            self.postgres = start_postgres(
+                self.data_dir / "postgres", settings=EMBEDDED_POSTGRES_SETTINGS
+            )
             self.database_url = self.postgres.url
         self.redis_url = os.environ.get("KENSAKU_REDIS_URL", "")
         if not self.redis_url:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ from bench.index_sizes import MODEL, measure_sizes
 from bench.vectors import exact_top, measure, server_shared_buffers, with_sums
 from shared.config import Settings
 from shared.embed.embedder import load_embedder
-from shared.stack.services import start_postgres
+from shared.stack.services import EMBEDDED_POSTGRES_SETTINGS, start_postgres
 from tests.helpers import db_fetch
 
 pytestmark = pytest.mark.integration
@@ -91,9 +92,30 @@ def test_index_sizes_are_measured_per_vector_and_kind(stack: Any) -> None:
 
 def test_a_benchmark_server_starts_with_the_settings_asked_for(tmp_path: Path) -> None:
     """`kensaku bench vectors --shared-buffers`: settings that apply only at a server's start
-    (shared_buffers) are in effect once start_postgres returns."""
-    pg = start_postgres(tmp_path / "postgres", settings={"shared_buffers": "48MB"})
+    (shared_buffers) are in effect once start_postgres returns. A server already running with
+    them is not restarted; one asked for another value is."""
+    data = tmp_path / "postgres"
+    pg = start_postgres(data, settings={"shared_buffers": "48MB"})
     try:
         assert server_shared_buffers(pg.url) == "48MB"
+        started = postmaster_start(pg.url)
+        # The same size in other units: PostgreSQL sees it is the running value.
+        again = start_postgres(data, settings={"shared_buffers": "6144"})
+        assert postmaster_start(again.url) == started
+        other = start_postgres(data, settings={"shared_buffers": "40MB"})
+        assert server_shared_buffers(other.url) == "40MB"
+        assert postmaster_start(other.url) > started
+        pg = other
     finally:
         pg.stop()
+
+
+def test_the_embedded_server_runs_with_its_own_shared_buffers(stack: Any) -> None:
+    """The embedded stack's PostgreSQL holds a large index in shared_buffers, not in 128 MB."""
+    assert (
+        db_fetch(stack, "SHOW shared_buffers")[0][0] == EMBEDDED_POSTGRES_SETTINGS["shared_buffers"]
+    )
+
+
+def postmaster_start(url: str) -> Any:
+    return db_fetch(SimpleNamespace(database_url=url), "SELECT pg_postmaster_start_time()")[0][0]
