@@ -20,6 +20,7 @@ import numpy as np
 
 from bench.vectors import _build
 from shared.config import Settings, get_settings
+from shared.db import graph
 from shared.db.embeddings import ensure_model_table
 from shared.db.migrate import migrate
 from shared.db.pool import create_pool
@@ -70,9 +71,10 @@ async def measure_sizes(
 
 def main(dimensions: list[int], kinds: list[str], rows: int) -> int:
     base = get_settings()
+    ef_construction = graph.ef_construction(rows, m=base.hnsw_m, setting=base.hnsw_ef_construction)
     print(
         f"{rows:,} random unit vectors per dimension, m {base.hnsw_m}, "
-        f"ef_construction {base.hnsw_ef_construction}",
+        f"ef_construction {ef_construction}",
         flush=True,
     )
     with tempfile.TemporaryDirectory(prefix="kensaku-bench-") as tmp:

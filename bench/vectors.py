@@ -31,6 +31,7 @@ import asyncpg
 import numpy as np
 
 from shared.config import Settings, get_settings
+from shared.db import graph
 from shared.db.bases import load_basis
 from shared.db.embeddings import (
     PROJECTIONS,
@@ -277,12 +278,11 @@ def main(
     """``shared_buffers``: a server of its own for each value (MB), every build in each; the
     default is the embedded server's own (128 MB)."""
     base = get_settings()
-    efs = ef_search or [base.hnsw_ef_search]
     projs = projections or [base.vector_projection]
     if unknown := [p for p in projs if p not in PROJECTIONS]:
         print(f"--projection {unknown}: one of {', '.join(PROJECTIONS)}", file=sys.stderr)
         return 2
-    if bad := [e for e in efs if not 1 <= e <= 1000]:
+    if bad := [e for e in ef_search or [] if not 1 <= e <= 1000]:
         print(f"--ef-search {bad}: outside pgvector's 1 to 1000", file=sys.stderr)
         return 2
     vectors_all, q, real = corpus_vectors(corpus, queries, max(rows), n_queries)
@@ -295,6 +295,8 @@ def main(
                 asyncio.run(migrate(pg.url))
                 for n in rows:
                     vectors = vectors_all[:n]
+                    # Unset, the breadth search would use on a partition of n vectors.
+                    efs = ef_search or [graph.ef_search(n, base.hnsw_ef_search)]
                     print(
                         f"{n:,} vectors of {vectors.shape[1]} dimensions ({min(real, n):,} real "
                         f"sentences, the rest sums of two), {len(q)} real questions, top {TOP_K}, "

@@ -119,13 +119,14 @@ class Settings(BaseSettings):
     hnsw_build_workers: int = Field(2, ge=0, le=64)
     # HNSW recall@10 against exact search on ja_dev's 60,756 sentence vectors: 0.964 at 40,
     # 0.983 at 100 (0.9 ms), 0.992 at 200 (1.6 ms), 0.995 at 400 (2.7 ms) (bench/RESULTS.md).
-    hnsw_ef_search: int = Field(100, ge=1, le=1000)
-    # The HNSW graph of an index built from now on: neighbours per node and the candidate list
-    # of its build (pgvector's defaults). At 100,000 vectors ef_construction 128 raised recall@10
-    # at ef_search 100 from 0.961 to 0.983 at the same latency, for 1.8x the build time and
-    # wider per-row inserts afterwards (bench/RESULTS.md, a million vectors).
+    # Unset: by the partition's size (shared/db/graph.py: 100, 200 from 200,000 vectors).
+    hnsw_ef_search: int | None = Field(None, ge=1, le=1000)
+    # The HNSW graph of an index built from now on: neighbours per node (pgvector's default) and
+    # the candidate list of its build. Unset: by the partition's size at the build
+    # (shared/db/graph.py: 64, 128 from 100,000 vectors, 256 from 500,000), since a graph that
+    # serves 60,000 vectors well loses recall at a million.
     hnsw_m: int = Field(16, ge=2, le=100)
-    hnsw_ef_construction: int = Field(64, ge=4, le=1000)
+    hnsw_ef_construction: int | None = Field(None, ge=4, le=1000)
     # The index a collection's partition gets (vectors are stored as halfvec whichever it is):
     # hnsw_halfvec: HNSW over the stored half-precision vectors; hnsw: over them as float32;
     # hnsw_binary: over their sign bits (Hamming distance), the best binary_rerank_factor × the
@@ -210,7 +211,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _hnsw_graph(self) -> Settings:
         # pgvector refuses the build otherwise, at the end of a job.
-        if self.hnsw_ef_construction < 2 * self.hnsw_m:
+        if self.hnsw_ef_construction is not None and self.hnsw_ef_construction < 2 * self.hnsw_m:
             raise ValueError("hnsw_ef_construction must be at least twice hnsw_m")
         return self
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from shared import metrics
 from shared.config import Settings
+from shared.db import graph
 from shared.db.bases import Basis, current_basis
 from shared.db.embeddings import ModelTable
 from shared.db.queries import Q
@@ -116,6 +117,7 @@ class CollectionInfo:
     id: int
     has_vectors: bool
     basis: Basis | None = None  # for a PCA index (shared/db/bases.py), once it is fitted
+    estimated_rows: float = 0  # the planner's count of the partition's vectors (graph.ef_search)
 
 
 class CollectionCache:
@@ -154,7 +156,8 @@ class CollectionCache:
         if present and table.pca:
             known = hit[1].basis if hit is not None else None
             basis = await current_basis(pool, table, int(cid), known)
-        info = CollectionInfo(int(cid), present, basis)
+        rows = float(state["estimated_rows"] or 0) if present and state else 0.0
+        info = CollectionInfo(int(cid), present, basis, rows)
         # Without vectors yet, look again soon: the first ones may be a moment away.
         self._entries[key] = (now + (self.ttl if info.has_vectors else 1.0), info)
         if len(self._entries) > 10_000:
@@ -233,7 +236,10 @@ async def search(
                     settings.hybrid_vector_weight,
                     *projected,
                 )
-            rows = await pool.fetch(sql, *args, timeout=timeout)
+            if local := search_settings(table, info, settings):
+                rows = await _fetch_with(pool, local, sql, args, timeout)
+            else:
+                rows = await pool.fetch(sql, *args, timeout=timeout)
             if filtered and len(rows) < params.top_k:
                 # An index scan under a selective filter can stop short (pgvector ends an
                 # iterative scan at hnsw.max_scan_tuples), in hybrid too when the lexical
@@ -242,7 +248,9 @@ async def search(
                 # (N dimensions, sign bits), so without the projection's parameter.
                 exact = table.exact()
                 exact_sql = exact.sql(search_sql(mode, filtered, exact, rerank), info.id)
-                rows = await _exact(pool, exact_sql, args[: len(args) - len(projected)], timeout)
+                rows = await _fetch_with(
+                    pool, _EXACT, exact_sql, args[: len(args) - len(projected)], timeout
+                )
     except (TimeoutError, asyncpg.QueryCanceledError) as exc:
         raise RetryableError(
             f"search took longer than {settings.search_timeout_ms} ms (search_timeout_ms)"
@@ -267,14 +275,31 @@ async def search(
     }
 
 
-async def _exact(
-    db: asyncpg.Pool | asyncpg.Connection, sql: str, args: tuple[Any, ...], limit_s: float
+def search_settings(table: ModelTable, info: CollectionInfo, settings: Settings) -> dict[str, str]:
+    """Server settings a vector search of this partition needs beyond the pool's (none: the
+    search stays one round trip): a large partition's graph needs a wider search."""
+    ef = graph.ef_search(info.estimated_rows, settings.hnsw_ef_search)
+    if table.index_kind.startswith("hnsw") and ef != graph.ef_search(0, settings.hnsw_ef_search):
+        return {"hnsw.ef_search": str(ef)}
+    return {}
+
+
+_EXACT = {"enable_indexscan": "off"}  # exact over the collection's partition
+
+
+async def _fetch_with(
+    db: asyncpg.Pool | asyncpg.Connection,
+    local: dict[str, str],
+    sql: str,
+    args: tuple[Any, ...],
+    limit_s: float,
 ) -> list[asyncpg.Record]:
-    """``sql`` without index scans: exact over the collection's partition."""
+    """``sql`` run with the server settings ``local`` for its transaction only."""
 
     async def run(conn: asyncpg.Connection) -> list[asyncpg.Record]:
         async with conn.transaction():
-            await conn.execute(Q.set_local, "enable_indexscan", "off")
+            for name, value in local.items():
+                await conn.execute(Q.set_local, name, value)
             return list(await conn.fetch(sql, *args, timeout=limit_s))
 
     if isinstance(db, asyncpg.Pool):

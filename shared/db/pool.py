@@ -6,6 +6,7 @@ import asyncpg
 from pgvector.asyncpg import register_vector
 
 from shared.config import Settings
+from shared.db import graph
 
 
 async def _init(conn: asyncpg.Connection) -> None:
@@ -35,7 +36,7 @@ async def create_pool(
         # Search reads these per connection, so a query stays one round trip (no SET first).
         # relaxed_order iterative scans keep filtered index scans returning top_k rows.
         server_settings={
-            "hnsw.ef_search": str(settings.hnsw_ef_search),
+            "hnsw.ef_search": str(graph.ef_search(0, settings.hnsw_ef_search)),
             "hnsw.iterative_scan": "relaxed_order",
             "ivfflat.probes": str(settings.ivfflat_probes),
             "ivfflat.iterative_scan": "relaxed_order",

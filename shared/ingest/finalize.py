@@ -23,6 +23,7 @@ import uuid
 import asyncpg
 
 from shared.config import Settings
+from shared.db import graph
 from shared.db.bases import REFIT_GROWTH, Basis, fit_partition, load_basis, refit_due
 from shared.db.embeddings import ModelTable
 from shared.db.queries import Q
@@ -203,10 +204,11 @@ async def _build_locked(
     )
     if indexed and not drifted:
         return False
-    create = table.sql(Q.create_partition_index, collection_id).replace(
-        "{index_method}",
-        table.index_method(rows, m=settings.hnsw_m, ef_construction=settings.hnsw_ef_construction),
+    ef_construction = graph.ef_construction(
+        rows, m=settings.hnsw_m, setting=settings.hnsw_ef_construction
     )
+    method = table.index_method(rows, m=settings.hnsw_m, ef_construction=ef_construction)
+    create = table.sql(Q.create_partition_index, collection_id).replace("{index_method}", method)
     if table.pca and (basis is None or drifted):
         await _fit_basis(conn, table, collection_id, rows, basis if drifted else None)
     global _parallel_failed
@@ -232,7 +234,7 @@ async def _build_locked(
     log.info(
         "built %s (%s) over %d vectors in %.1f s (%d parallel workers asked for)",
         table.index(collection_id),
-        table.index_kind,
+        method,
         rows,
         time.perf_counter() - started,
         workers,

@@ -24,7 +24,14 @@ from shared.db.embeddings import ModelTable, register_embedder
 from shared.db.pool import create_pool
 from shared.embed.embedder import Embedder, load_embedder
 from shared.ingest.finalize import build_vector_index
-from shared.search import CollectionCache, SearchParams, search, search_sql
+from shared.search import (
+    CollectionCache,
+    SearchParams,
+    _fetch_with,
+    search,
+    search_settings,
+    search_sql,
+)
 from tests.helpers import wait_job
 
 pytestmark = pytest.mark.integration
@@ -153,6 +160,51 @@ async def _hits(
     params = SearchParams(query=query, collection=collection, top_k=10, mode=mode, filter=flt)  # type: ignore[arg-type]
     result = await search(db, embedder, table, settings, params, CollectionCache())  # type: ignore[arg-type]
     return [(h["id"], h["score"]) for h in result["hits"]]
+
+
+def test_a_large_partition_gets_a_wider_graph_and_search(stack: Any, collections: None) -> None:
+    """HNSW parameters follow the partition's size (shared/db/graph.py): the 12,000-vector
+    partition's graph is built with pgvector's ef_construction 64 and searched at the pool's
+    ef_search; a partition the planner counts at 600,000 vectors is searched wider, for that
+    search's transaction only."""
+    settings = Settings(database_url=stack.database_url, redis_url=stack.redis_url)
+    asyncio.run(_check_graph(settings))
+
+
+async def _check_graph(settings: Settings) -> None:
+    pool = await create_pool(settings, min_size=1)
+    try:
+        table = await register_embedder(pool, load_embedder(settings))
+        large = await pool.fetchval("SELECT id FROM collections WHERE name = $1", LARGE)
+        options = await pool.fetchval(
+            "SELECT reloptions FROM pg_class WHERE oid = to_regclass($1)", table.index(large)
+        )
+        assert "ef_construction=64" in options, options
+        info = await CollectionCache().get(pool, table, LARGE)
+        assert LARGE_DOCS / 2 < info.estimated_rows < LARGE_DOCS * 2, info
+        assert search_settings(table, info, settings) == {}
+        async with pool.acquire() as conn:
+            faked = conn.transaction()
+            await faked.start()
+            try:
+                # The planner's count as a large partition would have it, rolled back after.
+                await conn.execute(
+                    "UPDATE pg_class SET reltuples = 600000 WHERE oid = to_regclass($1)",
+                    table.partition(large),
+                )
+                big = await CollectionCache().get(conn, table, LARGE)  # type: ignore[arg-type]
+            finally:
+                await faked.rollback()
+            local = search_settings(table, big, settings)
+            assert local == {"hnsw.ef_search": "200"}, big
+            # Set explicitly, the setting holds at any size.
+            fixed = settings.model_copy(update={"hnsw_ef_search": 60})
+            assert search_settings(table, big, fixed) == {}
+            read = "SELECT current_setting('hnsw.ef_search')"
+            assert await _fetch_with(conn, local, read, (), 5) == [("200",)]
+            assert await conn.fetchval(read) == "100"  # the pool's, again after that search
+    finally:
+        await pool.close()
 
 
 def test_a_pca_index_over_the_large_collection_matches_the_exact_scan(
