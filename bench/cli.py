@@ -45,13 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
     ve.add_argument(
         "--ef-search",
         default="",
-        help="comma-separated hnsw.ef_search values measured on each build (default: the setting)",
+        help="comma-separated hnsw.ef_search values measured on each build (default: the "
+        "setting, or when unset the one search uses at each --rows size)",
     )
     ve.add_argument(
         "--shared-buffers",
         default="",
         help="comma-separated PostgreSQL shared_buffers sizes in MB, a server and every build "
-        "for each (default: the embedded server's 128 MB)",
+        "for each (default: the embedded server's 1 GB)",
     )
     sz = sub.add_parser(
         "index-sizes", help="bytes per vector of each HNSW kind at several model dimensions"

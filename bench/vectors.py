@@ -46,7 +46,7 @@ from shared.db.queries import Q
 from shared.embed.embedder import load_embedder
 from shared.evaluate import load_queries, percentile, read_corpus
 from shared.ingest.finalize import build_vector_index
-from shared.stack.services import start_postgres
+from shared.stack.services import EMBEDDED_POSTGRES_SETTINGS, start_postgres
 from shared.text.normalize import normalize
 from shared.text.pipeline import embedding_input, unit_texts
 
@@ -276,7 +276,7 @@ def main(
     shared_buffers: list[int] | None = None,
 ) -> int:
     """``shared_buffers``: a server of its own for each value (MB), every build in each; the
-    default is the embedded server's own (128 MB)."""
+    default is the embedded server's own (EMBEDDED_POSTGRES_SETTINGS, 1 GB)."""
     base = get_settings()
     projs = projections or [base.vector_projection]
     if unknown := [p for p in projs if p not in PROJECTIONS]:
@@ -288,7 +288,9 @@ def main(
     vectors_all, q, real = corpus_vectors(corpus, queries, max(rows), n_queries)
     sizes: list[int | None] = [*shared_buffers] if shared_buffers else [None]
     for buffers in sizes:
-        server = None if buffers is None else {"shared_buffers": f"{buffers}MB"}
+        server = (
+            EMBEDDED_POSTGRES_SETTINGS if buffers is None else {"shared_buffers": f"{buffers}MB"}
+        )
         with tempfile.TemporaryDirectory(prefix="kensaku-bench-") as tmp:
             pg = start_postgres(Path(tmp) / "postgres", settings=server)
             try:
