@@ -251,12 +251,14 @@ def cmd_model_index(args: argparse.Namespace) -> int:
     KENSAKU_VECTOR_INDEX, _DIMENSIONS or _PROJECTION changed, a collection gets its new index
     (and its PCA basis) without waiting for its next upload. ``--refit``: also refit PCA bases
     that no longer fit their collection (a job's end does so by itself only up to
-    bases.AUTO_REFIT_MAX_ROWS vectors)."""
+    bases.AUTO_REFIT_MAX_ROWS vectors). ``--rebuild``: also build again, beside the old one,
+    each HNSW graph built with a shorter candidate list than its collection's size now calls
+    for (finalize.rebuild_graph)."""
     from shared.db import registry
     from shared.db.embeddings import ModelTable
     from shared.db.pool import create_pool
     from shared.db.queries import Q
-    from shared.ingest.finalize import build_vector_index
+    from shared.ingest.finalize import build_vector_index, rebuild_graph
 
     settings = get_settings()
 
@@ -291,6 +293,21 @@ def cmd_model_index(args: argparse.Namespace) -> int:
                     + (" and its PCA basis kept" if args.refit and table.pca else "")
                     + f", or fewer vectors than KENSAKU_HNSW_MIN_ROWS ({settings.hnsw_min_rows})"
                 )
+                if args.rebuild and not built:
+                    started = time.monotonic()
+                    try:
+                        wider = await rebuild_graph(conn, table, cid, settings)
+                    except asyncpg.PostgresError as exc:
+                        return _fail(
+                            f"rebuild of {table.index(cid)} failed ({exc}); the old index "
+                            "still serves"
+                        )
+                    if wider is not None:
+                        took = time.monotonic() - started
+                        print(
+                            f"rebuilt {table.index(cid)} with ef_construction {wider} "
+                            f"in {took:.1f} s"
+                        )
         return 0
 
     async def with_vectors() -> int:
@@ -355,5 +372,12 @@ def add_commands(
         help="check each PCA basis against its collection's vectors now, and refit (and "
         "re-index) those that no longer fit, whatever the collection's size; searches of a "
         "collection being refitted scan it without an index meanwhile",
+    )
+    mix.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="build each HNSW graph again whose candidate list (ef_construction) is shorter "
+        "than its collection's size now calls for; built beside the old one, so writes and "
+        "indexed searches go on",
     )
     mix.set_defaults(func=cmd_model_index)

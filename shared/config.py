@@ -119,11 +119,11 @@ class Settings(BaseSettings):
     hnsw_build_workers: int = Field(2, ge=0, le=64)
     # HNSW recall@10 against exact search on ja_dev's 60,756 sentence vectors: 0.964 at 40,
     # 0.983 at 100 (0.9 ms), 0.992 at 200 (1.6 ms), 0.995 at 400 (2.7 ms) (bench/RESULTS.md).
-    # Unset: by the partition's size (shared/db/graph.py: 100, 200 from 200,000 vectors).
+    # Unset: by the partition's size (shared/db/graph.py: 100, 200 from 500,000 vectors).
     hnsw_ef_search: int | None = Field(None, ge=1, le=1000)
     # The HNSW graph of an index built from now on: neighbours per node (pgvector's default) and
     # the candidate list of its build. Unset: by the partition's size at the build
-    # (shared/db/graph.py: 64, 128 from 100,000 vectors, 256 from 500,000), since a graph that
+    # (shared/db/graph.py: 64, 128 from 100,000 vectors, 256 from 200,000), since a graph that
     # serves 60,000 vectors well loses recall at a million.
     hnsw_m: int = Field(16, ge=2, le=100)
     hnsw_ef_construction: int | None = Field(None, ge=4, le=1000)

@@ -2,26 +2,28 @@
 
 A graph built with pgvector's ef_construction 64 serves ja_dev's 60,756 sentence vectors at
 recall@10 0.983 (ef_search 100), but 0.961 at 100,000 vectors, 0.941 at 300,000 and 0.92–0.93 at
-a million. A longer candidate list at the build, and a wider search past 200,000 vectors, bring
+a million. A longer candidate list at the build, and a wider search from 500,000 vectors, bring
 recall@10 back to 0.98 (`kensaku bench vectors`, bench/RESULTS.md, "HNSW parameters by partition
 size"; shared_buffers holding the index):
 
-| vectors   | ef_construction | ef_search | recall@10     | p50 ms      |
-|-----------|-----------------|-----------|---------------|-------------|
-| 100,000   | 64 → 128        | 100       | 0.961 → 0.983 | 3.1 → 3.4   |
-| 300,000   | 64 → 128        | 100 → 200 | 0.941 → 0.980 | 2.7 → 5.8   |
-| 1,000,000 | 128 → 256       | 100 → 200 | 0.950 → 0.985 | 3.7 → 8.2   |
+| vectors   | recall@10, defaults | ef_construction / ef_search | recall@10   | p50 ms | build s |
+|-----------|---------------------|-----------------------------|-------------|--------|---------|
+| 100,000   | 0.961               | 128 / 100                   | 0.979–0.983 | 2.5    | 33      |
+| 300,000   | 0.941               | 256 / 100                   | 0.990       | 3.4    | 260     |
+| 1,000,000 | 0.92–0.93           | 256 / 200                   | 0.985       | 8.2    | 1217    |
 
-A wider build costs build time (1.8× at 100,000 vectors, 1.7× at a million) and every later
-per-row insert into that graph, so small partitions keep pgvector's defaults.
+("defaults": pgvector's ef_construction 64 with ef_search 100.)
+
+A wider build costs build time and every later per-row insert into that graph, so small
+partitions keep pgvector's defaults. At 300,000 vectors ef_construction 256 with ef_search 100
+beat 128 with ef_search 200 (0.977 at 5.6 ms; 159 s to build), so the build widens first.
 """
 
 from __future__ import annotations
 
 # (partitions below this many vectors, the value): the last one holds for any larger.
-EF_CONSTRUCTION_BY_ROWS = ((100_000, 64), (500_000, 128), (None, 256))
-EF_SEARCH_BY_ROWS = ((200_000, 100), (None, 200))
-DEFAULT_EF_SEARCH = EF_SEARCH_BY_ROWS[0][1]
+EF_CONSTRUCTION_BY_ROWS = ((100_000, 64), (200_000, 128), (None, 256))
+EF_SEARCH_BY_ROWS = ((500_000, 100), (None, 200))
 
 
 def _by_rows(table: tuple[tuple[int | None, int], ...], rows: float) -> int:

@@ -16,6 +16,7 @@ A job reports ``done`` only after this ran, so "done" means "searchable at full 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -245,3 +246,64 @@ async def _build_locked(
         if row["name"] != keep:
             await conn.execute(Q.drop_partition_index.replace("{index}", row["name"]))
     return True
+
+
+async def rebuild_graph(
+    conn: asyncpg.Connection, table: ModelTable, collection_id: int, settings: Settings
+) -> int | None:
+    """Build the partition's HNSW graph again when it was built with a shorter candidate list
+    than its size now calls for (graph.ef_construction): a collection that reached
+    KENSAKU_HNSW_MIN_ROWS in small uploads keeps the graph built then, and later rows only
+    join it. The new graph is built beside the old one (CREATE INDEX CONCURRENTLY), so writes
+    and indexed searches go on; the two swap names in one short transaction. Returns the new
+    graph's ef_construction, or None when there was nothing to rebuild. A PCA index is made
+    again by ``build_vector_index(refit=True)`` instead."""
+    if table.pca or not table.index_kind.startswith("hnsw"):
+        return None
+    index = table.index(collection_id)
+    built_with = await conn.fetchval(Q.index_ef_construction, index)
+    if built_with is None:
+        return None  # no index yet: build_vector_index builds it at this size
+    rows = await conn.fetchval(table.sql(Q.count_partition, collection_id))
+    wanted = graph.ef_construction(rows, m=settings.hnsw_m, setting=settings.hnsw_ef_construction)
+    if int(built_with) >= wanted:
+        return None
+    # Never a configured index's name (those end in h…, i…, d… or p…), nor longer than one.
+    next_index = f"{table.partition(collection_id)}_nx"
+    method = table.index_method(rows, m=settings.hnsw_m, ef_construction=wanted)
+    await conn.execute(Q.drop_partition_index.replace("{index}", next_index))  # a failed try's
+    await conn.execute(Q.set_session, "maintenance_work_mem", f"{settings.hnsw_build_memory_mb}MB")
+    workers = 0 if _parallel_failed else settings.hnsw_build_workers
+    await conn.execute(Q.set_session, "max_parallel_maintenance_workers", str(workers))
+    started = time.perf_counter()
+    try:
+        await conn.execute(
+            Q.create_index_concurrently.replace("{index}", next_index)
+            .replace("{partition}", table.partition(collection_id))
+            .replace("{method}", method),
+            timeout=_LONG,
+        )
+        async with conn.transaction():
+            await conn.execute(Q.advisory_xact_lock, _BUILD_LOCK, collection_id)
+            await conn.execute(Q.drop_partition_index.replace("{index}", index))
+            await conn.execute(
+                Q.rename_index.replace("{index}", next_index).replace("{name}", index)
+            )
+    except BaseException:
+        # An interrupted concurrent build leaves an invalid index that every write maintains.
+        # (On a connection that is gone, the next try drops it first.)
+        with contextlib.suppress(Exception):
+            await conn.execute(Q.drop_partition_index.replace("{index}", next_index))
+        raise
+    finally:
+        with contextlib.suppress(Exception):
+            await conn.execute("RESET maintenance_work_mem; RESET max_parallel_maintenance_workers")
+    log.info(
+        "rebuilt %s (%s) over %d vectors in %.1f s, its graph built with ef_construction %d before",
+        index,
+        method,
+        rows,
+        time.perf_counter() - started,
+        built_with,
+    )
+    return wanted

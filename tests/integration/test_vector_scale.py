@@ -10,6 +10,9 @@ import asyncio
 import contextlib
 import dataclasses
 import random
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -32,7 +35,7 @@ from shared.search import (
     search_settings,
     search_sql,
 )
-from tests.helpers import wait_job
+from tests.helpers import db_fetch, wait_job
 
 pytestmark = pytest.mark.integration
 
@@ -205,6 +208,55 @@ async def _check_graph(settings: Settings) -> None:
             assert await conn.fetchval(read) == "100"  # the pool's, again after that search
     finally:
         await pool.close()
+
+
+def test_a_graph_built_too_small_is_rebuilt_beside_the_old_one(
+    stack: Any, collections: None
+) -> None:
+    """`kensaku model index --rebuild`: the large partition's graph (ef_construction 64) is
+    built again with the candidate list asked for, under the index's own name, and a second
+    run finds nothing to do. Searches keep an index throughout: the old one stays until the
+    new one is complete (checked by the query plan while the build runs)."""
+    env = stack.env() | {"KENSAKU_HNSW_EF_CONSTRUCTION": "100"}
+    table = db_fetch(stack, "SELECT table_name FROM embedding_models WHERE active")[0][0]
+    large = db_fetch(stack, "SELECT id FROM collections WHERE name = $1", LARGE)[0][0]
+    partition = ModelTable("m", table, 300).partition(large)
+    index = ModelTable("m", table, 300).index(large)
+    before = db_fetch(stack, "SELECT $1::regclass::oid", index)[0][0]
+    command = [sys.executable, "-m", "shared.cli", "model", "index", "--rebuild"]
+    rebuild = subprocess.Popen(
+        [*command, "--collection", LARGE], env=env, stdout=subprocess.PIPE, text=True
+    )
+    plans: list[str] = []
+    while rebuild.poll() is None:  # the partition is searched through an index meanwhile
+        plans.append(_plan(stack, partition))
+        time.sleep(0.2)
+    out, _ = rebuild.communicate()
+    assert rebuild.returncode == 0, out
+    assert f"rebuilt {index} with ef_construction 100" in out, out
+    assert plans and all("Index Scan using" in p for p in plans), plans
+    after = db_fetch(
+        stack,
+        "SELECT c.oid, c.reloptions, x.indisvalid FROM pg_class c "
+        "JOIN pg_index x ON x.indexrelid = c.oid WHERE c.oid = to_regclass($1)",
+        index,
+    )[0]
+    assert after["oid"] != before and after["indisvalid"], after
+    assert "ef_construction=100" in after["reloptions"], after
+    leftovers = db_fetch(stack, "SELECT relname FROM pg_class WHERE relname LIKE '%\\_nx'")
+    assert leftovers == [], leftovers
+    again = subprocess.run(
+        [*command, "--collection", LARGE], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert again.returncode == 0 and "rebuilt" not in again.stdout, again.stdout
+
+
+def _plan(stack: Any, partition: str) -> str:
+    nearest = (
+        f"SELECT chunk_id FROM {partition} "
+        f"ORDER BY embedding <=> (SELECT embedding FROM {partition} LIMIT 1) LIMIT 10"
+    )
+    return "\n".join(r[0] for r in db_fetch(stack, "EXPLAIN " + nearest))
 
 
 def test_a_pca_index_over_the_large_collection_matches_the_exact_scan(

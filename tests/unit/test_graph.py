@@ -9,7 +9,8 @@ from shared.db import graph
 
 
 @pytest.mark.parametrize(
-    ("rows", "want"), [(10_000, 64), (99_999, 64), (100_000, 128), (499_999, 128), (10**6, 256)]
+    ("rows", "want"),
+    [(10_000, 64), (99_999, 64), (100_000, 128), (199_999, 128), (200_000, 256), (10**6, 256)],
 )
 def test_a_larger_partition_gets_a_longer_build_list(rows: int, want: int) -> None:
     assert graph.ef_construction(rows, m=16, setting=None) == want
@@ -22,7 +23,7 @@ def test_the_build_list_follows_the_setting_and_pgvectors_floor() -> None:
 
 
 @pytest.mark.parametrize(
-    ("rows", "want"), [(-1, 100), (0, 100), (199_999, 100), (200_000, 200), (5e6, 200)]
+    ("rows", "want"), [(-1, 100), (0, 100), (499_999, 100), (500_000, 200), (5e6, 200)]
 )
 def test_a_larger_partition_is_searched_wider(rows: float, want: int) -> None:
     assert graph.ef_search(rows, None) == want

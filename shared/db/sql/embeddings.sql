@@ -124,3 +124,19 @@ WHERE e.chunk_id = s.chunk_id AND e.unit = s.unit;
 
 -- name: truncate_projection_staging
 TRUNCATE projection_staging;
+
+-- name: index_ef_construction
+-- The candidate list an HNSW index was built with (NULL: no such index); pgvector's default
+-- when the build named none.
+SELECT CASE WHEN c.oid IS NULL THEN NULL
+       ELSE coalesce((SELECT split_part(o, '=', 2)::int FROM unnest(c.reloptions) o
+                      WHERE o LIKE 'ef\_construction=%'), 64) END
+FROM (SELECT to_regclass($1) AS oid) r
+LEFT JOIN pg_class c ON c.oid = r.oid;
+
+-- name: create_index_concurrently
+-- Beside the partition's index: writes and searches go on while it is built.
+CREATE INDEX CONCURRENTLY {index} ON {partition} USING {method};
+
+-- name: rename_index
+ALTER INDEX {index} RENAME TO {name};
