@@ -12,6 +12,9 @@ A job reports ``done`` only after this ran, so "done" means "searchable at full 
   ``hnsw_min_rows`` vectors: building at the end is far cheaper than inserting into a graph row
   by row during the load (bench/RESULTS.md), and until then the partition is scanned exactly.
   Once the index exists, later loads insert into it.
+- After the job is marked done, that graph is built again, beside the old one, when the
+  partition has grown past the size its candidate list was chosen for (``rebuild_graph``,
+  shared/db/graph.py): automatically up to AUTO_REBUILD_MAX_ROWS vectors.
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ _BUILD_LOCK = 0x6B656E73
 _JOB_LOCK = 0x6B656E6A
 # Client-side limit for VACUUM and index builds (the pool's default is for ordinary tasks).
 _LONG = 24 * 3600.0
+# A job's end builds a graph again beside the old one (rebuild_graph) up to this many vectors:
+# 260 s at 300,000 on two cores, minutes of the database's cores beyond.
+AUTO_REBUILD_MAX_ROWS = 500_000
 # Set once a parallel build could not get its shared memory: later builds skip the attempt.
 _parallel_failed = False
 
@@ -69,6 +75,12 @@ async def finalize_job(
             if table is not None:
                 await build_vector_index(conn, table, collection_id, settings)
             finished = await conn.fetchval(Q.finish_job, job_id)
+            if finished is not None and table is not None:
+                # After the job is done: its documents are searchable while the graph grows.
+                try:
+                    await rebuild_graph(conn, table, collection_id, settings, automatic=True)
+                except asyncpg.PostgresError as exc:  # e.g. a full disk; the old graph serves
+                    log.warning("graph rebuild after job %s failed: %s", job_id, exc)
         finally:
             await conn.execute(Q.reset_statement_timeout)
             await conn.execute(Q.advisory_unlock, *lock)
@@ -249,25 +261,66 @@ async def _build_locked(
 
 
 async def rebuild_graph(
-    conn: asyncpg.Connection, table: ModelTable, collection_id: int, settings: Settings
+    conn: asyncpg.Connection,
+    table: ModelTable,
+    collection_id: int,
+    settings: Settings,
+    *,
+    automatic: bool = False,
 ) -> int | None:
     """Build the partition's HNSW graph again when it was built with a shorter candidate list
     than its size now calls for (graph.ef_construction): a collection that reached
     KENSAKU_HNSW_MIN_ROWS in small uploads keeps the graph built then, and later rows only
     join it. The new graph is built beside the old one (CREATE INDEX CONCURRENTLY), so writes
-    and indexed searches go on; the two swap names in one short transaction. Returns the new
-    graph's ef_construction, or None when there was nothing to rebuild. A PCA index is made
-    again by ``build_vector_index(refit=True)`` instead."""
+    and indexed searches go on; the two swap names in one short transaction. ``automatic`` (a
+    job's end): judged by the planner's row count, without a scan, and only up to
+    AUTO_REBUILD_MAX_ROWS vectors; a larger partition is logged for `kensaku model index
+    --rebuild`. Returns the new graph's ef_construction, or None when nothing was rebuilt. A
+    PCA index is made again by ``build_vector_index(refit=True)`` instead."""
     if table.pca or not table.index_kind.startswith("hnsw"):
         return None
     index = table.index(collection_id)
     built_with = await conn.fetchval(Q.index_ef_construction, index)
     if built_with is None:
         return None  # no index yet: build_vector_index builds it at this size
+    m, setting = settings.hnsw_m, settings.hnsw_ef_construction
+    if automatic:
+        state = await conn.fetchrow(Q.partition_state, table.partition(collection_id), index)
+        estimated = int(max(state["estimated_rows"] or 0, 0))
+        if graph.ef_construction(estimated, m=m, setting=setting) <= built_with:
+            return None
+        if estimated > AUTO_REBUILD_MAX_ROWS:
+            log.warning(
+                "%s (about %d vectors) has a graph built with ef_construction %d; "
+                "`kensaku model index --rebuild` builds the one its size calls for",
+                index,
+                estimated,
+                built_with,
+            )
+            return None
     rows = await conn.fetchval(table.sql(Q.count_partition, collection_id))
-    wanted = graph.ef_construction(rows, m=settings.hnsw_m, setting=settings.hnsw_ef_construction)
+    wanted = graph.ef_construction(rows, m=m, setting=setting)
     if int(built_with) >= wanted:
         return None
+    # One builder per collection; another finalizer or `model index` may be at it already.
+    if not await conn.fetchval(Q.try_advisory_lock, _BUILD_LOCK, collection_id):
+        return None
+    try:
+        return await _rebuild(conn, table, collection_id, settings, rows, wanted, built_with)
+    finally:
+        await conn.execute(Q.advisory_unlock, _BUILD_LOCK, collection_id)
+
+
+async def _rebuild(
+    conn: asyncpg.Connection,
+    table: ModelTable,
+    collection_id: int,
+    settings: Settings,
+    rows: int,
+    wanted: int,
+    built_with: int,
+) -> int:
+    index = table.index(collection_id)
     # Never a configured index's name (those end in h…, i…, d… or p…), nor longer than one.
     next_index = f"{table.partition(collection_id)}_nx"
     method = table.index_method(rows, m=settings.hnsw_m, ef_construction=wanted)
@@ -284,7 +337,6 @@ async def rebuild_graph(
             timeout=_LONG,
         )
         async with conn.transaction():
-            await conn.execute(Q.advisory_xact_lock, _BUILD_LOCK, collection_id)
             await conn.execute(Q.drop_partition_index.replace("{index}", index))
             await conn.execute(
                 Q.rename_index.replace("{index}", next_index).replace("{name}", index)

@@ -26,7 +26,8 @@ from shared.db.bases import load_basis
 from shared.db.embeddings import ModelTable, register_embedder
 from shared.db.pool import create_pool
 from shared.embed.embedder import Embedder, load_embedder
-from shared.ingest.finalize import build_vector_index
+from shared.ingest import finalize
+from shared.ingest.finalize import build_vector_index, rebuild_graph
 from shared.search import (
     CollectionCache,
     SearchParams,
@@ -211,12 +212,16 @@ async def _check_graph(settings: Settings) -> None:
 
 
 def test_a_graph_built_too_small_is_rebuilt_beside_the_old_one(
-    stack: Any, collections: None
+    stack: Any,
+    collections: None,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """`kensaku model index --rebuild`: the large partition's graph (ef_construction 64) is
     built again with the candidate list asked for, under the index's own name, and a second
     run finds nothing to do. Searches keep an index throughout: the old one stays until the
-    new one is complete (checked by the query plan while the build runs)."""
+    new one is complete (checked by the query plan while the build runs). A job's end does the
+    same without being asked, up to finalize.AUTO_REBUILD_MAX_ROWS vectors."""
     env = stack.env() | {"KENSAKU_HNSW_EF_CONSTRUCTION": "100"}
     table = db_fetch(stack, "SELECT table_name FROM embedding_models WHERE active")[0][0]
     large = db_fetch(stack, "SELECT id FROM collections WHERE name = $1", LARGE)[0][0]
@@ -249,6 +254,34 @@ def test_a_graph_built_too_small_is_rebuilt_beside_the_old_one(
         [*command, "--collection", LARGE], env=env, capture_output=True, text=True, timeout=300
     )
     assert again.returncode == 0 and "rebuilt" not in again.stdout, again.stdout
+    # A job's end does the same by itself (judged by the planner's count), up to a size.
+    settings = Settings(database_url=stack.database_url, redis_url=stack.redis_url)
+    asyncio.run(_rebuilt_at_a_jobs_end(settings, large, monkeypatch, caplog))
+    options = db_fetch(stack, "SELECT reloptions FROM pg_class WHERE oid = to_regclass($1)", index)
+    assert "ef_construction=120" in options[0][0], options
+
+
+async def _rebuilt_at_a_jobs_end(
+    settings: Settings,
+    large: int,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pool = await create_pool(settings, min_size=1)
+    try:
+        table = await register_embedder(pool, load_embedder(settings))
+        wider = settings.model_copy(update={"hnsw_ef_construction": 120})
+        async with pool.acquire() as conn:
+            # Graphs of the size asked for (64 at 12,000 vectors, 100 since the CLI): kept.
+            assert await rebuild_graph(conn, table, large, settings, automatic=True) is None
+            with monkeypatch.context() as patched:
+                patched.setattr(finalize, "AUTO_REBUILD_MAX_ROWS", 1_000)
+                assert await rebuild_graph(conn, table, large, wider, automatic=True) is None
+            assert "kensaku model index --rebuild" in caplog.text, caplog.text
+            assert await rebuild_graph(conn, table, large, wider, automatic=True) == 120
+            assert await rebuild_graph(conn, table, large, wider, automatic=True) is None
+    finally:
+        await pool.close()
 
 
 def _plan(stack: Any, partition: str) -> str:
