@@ -349,7 +349,7 @@ async def _rebuild(
         raise
     finally:
         with contextlib.suppress(Exception):
-            await conn.execute("RESET maintenance_work_mem; RESET max_parallel_maintenance_workers")
+            await conn.execute(Q.reset_build_settings)
     log.info(
         "rebuilt %s (%s) over %d vectors in %.1f s, its graph built with ef_construction %d before",
         index,

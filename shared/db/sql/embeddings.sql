@@ -140,3 +140,7 @@ CREATE INDEX CONCURRENTLY {index} ON {partition} USING {method};
 
 -- name: rename_index
 ALTER INDEX {index} RENAME TO {name};
+
+-- name: reset_build_settings
+-- The session's build settings (rebuild_graph) back to the server's.
+RESET maintenance_work_mem; RESET max_parallel_maintenance_workers;
