@@ -121,8 +121,9 @@ class Settings(BaseSettings):
     # 0.983 at 100 (0.9 ms), 0.992 at 200 (1.6 ms), 0.995 at 400 (2.7 ms) (bench/RESULTS.md).
     # Unset: by the partition's size (shared/db/graph.py: 100, 200 from 500,000 vectors).
     hnsw_ef_search: int | None = Field(None, ge=1, le=1000)
-    # The HNSW graph of an index built from now on: neighbours per node (pgvector's default) and
-    # the candidate list of its build. Unset: by the partition's size at the build
+    # The HNSW graph: neighbours per node (pgvector's default; for indexes built from now on) and
+    # the candidate list of its build; a graph built with a shorter one is built again beside it
+    # (finalize.rebuild_graph). Unset: by the partition's size at the build
     # (shared/db/graph.py: 64, 128 from 100,000 vectors, 256 from 200,000), since a graph that
     # serves 60,000 vectors well loses recall at a million.
     hnsw_m: int = Field(16, ge=2, le=100)

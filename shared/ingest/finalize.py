@@ -23,6 +23,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 
@@ -119,6 +120,32 @@ async def _build(
         )
         await conn.execute(Q.set_local, "max_parallel_maintenance_workers", str(workers))
         await conn.execute(create, timeout=_LONG)
+
+
+async def _parallel_or_alone(
+    build: Callable[[int], Awaitable[None]], settings: Settings, index: str
+) -> int:
+    """``build(workers)`` with the parallel workers asked for, again in one process when the
+    parallel build cannot get its shared memory; the workers it ran with."""
+    global _parallel_failed
+    workers = 0 if _parallel_failed else settings.hnsw_build_workers
+    try:
+        await build(workers)
+    except asyncpg.InsufficientResourcesError as exc:
+        # A parallel build shares its graph through shared memory of maintenance_work_mem's
+        # size, more than a container's /dev/shm may hold (Docker's default is 64 MB). Any
+        # other shortage (the disk, the server's memory) would fail a second build as well.
+        if workers == 0 or "shared memory" not in str(exc):
+            raise
+        _parallel_failed = True  # this process builds alone from now on
+        log.warning(
+            "parallel build of %s failed (%s); building it in one process, as every later one",
+            index,
+            exc,
+        )
+        workers = 0
+        await build(workers)
+    return workers
 
 
 async def _fit_basis(
@@ -224,26 +251,12 @@ async def _build_locked(
     create = table.sql(Q.create_partition_index, collection_id).replace("{index_method}", method)
     if table.pca and (basis is None or drifted):
         await _fit_basis(conn, table, collection_id, rows, basis if drifted else None)
-    global _parallel_failed
-    workers = 0 if _parallel_failed else settings.hnsw_build_workers
     started = time.perf_counter()
-    try:
-        await _build(conn, create, collection_id, settings, workers)
-    except asyncpg.InsufficientResourcesError as exc:
-        # A parallel build shares its graph through shared memory of maintenance_work_mem's
-        # size, more than a container's /dev/shm may hold (Docker's default is 64 MB). Any
-        # other shortage (the disk, the server's memory) would fail a second build as well.
-        if workers == 0 or "shared memory" not in str(exc):
-            raise
-        _parallel_failed = True  # this process builds alone from now on
-        log.warning(
-            "parallel build of %s failed (%s); building it in one process, as every later one",
-            table.index(collection_id),
-            exc,
-        )
-        workers = 0
-        started = time.perf_counter()
-        await _build(conn, create, collection_id, settings, workers)
+    workers = await _parallel_or_alone(
+        lambda w: _build(conn, create, collection_id, settings, w),
+        settings,
+        table.index(collection_id),
+    )
     log.info(
         "built %s (%s) over %d vectors in %.1f s (%d parallel workers asked for)",
         table.index(collection_id),
@@ -272,13 +285,15 @@ async def rebuild_graph(
     than its size now calls for (graph.ef_construction): a collection that reached
     KENSAKU_HNSW_MIN_ROWS in small uploads keeps the graph built then, and later rows only
     join it. The new graph is built beside the old one (CREATE INDEX CONCURRENTLY), so writes
-    and indexed searches go on; the two swap names in one short transaction. ``automatic`` (a
+    and indexed searches go on; the two swap names in one short transaction, and the old one
+    is dropped concurrently. ``automatic`` (a
     job's end): judged by the planner's row count, without a scan, and only up to
     AUTO_REBUILD_MAX_ROWS vectors; a larger partition is logged for `kensaku model index
     --rebuild`. Returns the new graph's ef_construction, or None when nothing was rebuilt. A
     PCA index is made again by ``build_vector_index(refit=True)`` instead."""
     if table.pca or not table.index_kind.startswith("hnsw"):
         return None
+    await _drop_leftovers(conn, table, collection_id)
     index = table.index(collection_id)
     built_with = await conn.fetchval(Q.index_ef_construction, index)
     if built_with is None:
@@ -311,6 +326,31 @@ async def rebuild_graph(
         await conn.execute(Q.advisory_unlock, _BUILD_LOCK, collection_id)
 
 
+def _aside(table: ModelTable, collection_id: int) -> tuple[str, str]:
+    """The names of a rebuild's new index while it is built and of the old one once replaced:
+    never a configured index's name (those end in h…, i…, d… or p…), nor longer than one."""
+    partition = table.partition(collection_id)
+    return f"{partition}_nx", f"{partition}_ox"
+
+
+async def _drop_leftovers(conn: asyncpg.Connection, table: ModelTable, collection_id: int) -> None:
+    """Drop what an interrupted rebuild left (an invalid new index, which every write would
+    maintain, or the replaced one), unless a rebuild of the partition is running now."""
+    aside = set(_aside(table, collection_id))
+    names = {
+        r["name"] for r in await conn.fetch(Q.partition_indexes, table.partition(collection_id))
+    }
+    if not names & aside:
+        return
+    if not await conn.fetchval(Q.try_advisory_lock, _BUILD_LOCK, collection_id):
+        return
+    try:
+        for name in names & aside:
+            await conn.execute(Q.drop_index_concurrently.replace("{index}", name), timeout=_LONG)
+    finally:
+        await conn.execute(Q.advisory_unlock, _BUILD_LOCK, collection_id)
+
+
 async def _rebuild(
     conn: asyncpg.Connection,
     table: ModelTable,
@@ -321,35 +361,44 @@ async def _rebuild(
     built_with: int,
 ) -> int:
     index = table.index(collection_id)
-    # Never a configured index's name (those end in h…, i…, d… or p…), nor longer than one.
-    next_index = f"{table.partition(collection_id)}_nx"
+    next_index, old_index = _aside(table, collection_id)
+    partition = table.partition(collection_id)
     method = table.index_method(rows, m=settings.hnsw_m, ef_construction=wanted)
-    await conn.execute(Q.drop_partition_index.replace("{index}", next_index))  # a failed try's
+    create = (
+        Q.create_index_concurrently.replace("{index}", next_index)
+        .replace("{partition}", partition)
+        .replace("{method}", method)
+    )
+
+    async def build(workers: int) -> None:
+        # A failed try's invalid index first (this one's, when parallel workers found no memory).
+        await conn.execute(Q.drop_partition_index.replace("{index}", next_index))
+        await conn.execute(Q.set_session, "max_parallel_maintenance_workers", str(workers))
+        await conn.execute(create, timeout=_LONG)
+
+    await conn.execute(Q.drop_partition_index.replace("{index}", old_index))
     await conn.execute(Q.set_session, "maintenance_work_mem", f"{settings.hnsw_build_memory_mb}MB")
-    workers = 0 if _parallel_failed else settings.hnsw_build_workers
-    await conn.execute(Q.set_session, "max_parallel_maintenance_workers", str(workers))
     started = time.perf_counter()
     try:
-        await conn.execute(
-            Q.create_index_concurrently.replace("{index}", next_index)
-            .replace("{partition}", table.partition(collection_id))
-            .replace("{method}", method),
-            timeout=_LONG,
-        )
+        await _parallel_or_alone(build, settings, index)
+        # Renaming an index takes SHARE UPDATE EXCLUSIVE on it, which searches and writes do
+        # not wait on; a DROP INDEX here would queue every search behind the longest running.
         async with conn.transaction():
-            await conn.execute(Q.drop_partition_index.replace("{index}", index))
+            await conn.execute(
+                Q.rename_index.replace("{index}", index).replace("{name}", old_index)
+            )
             await conn.execute(
                 Q.rename_index.replace("{index}", next_index).replace("{name}", index)
             )
     except BaseException:
-        # An interrupted concurrent build leaves an invalid index that every write maintains.
-        # (On a connection that is gone, the next try drops it first.)
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):  # on a connection that is gone: drop_leftovers
             await conn.execute(Q.drop_partition_index.replace("{index}", next_index))
         raise
     finally:
         with contextlib.suppress(Exception):
             await conn.execute(Q.reset_build_settings)
+    # The old graph goes once the searches reading it are done, blocking none.
+    await conn.execute(Q.drop_index_concurrently.replace("{index}", old_index), timeout=_LONG)
     log.info(
         "rebuilt %s (%s) over %d vectors in %.1f s, its graph built with ef_construction %d before",
         index,

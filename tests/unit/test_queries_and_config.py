@@ -14,7 +14,7 @@ from shared.db.queries import Q, parse_queries
 from shared.errors import ConfigError
 from shared.search import filter_groups, search_sql
 
-GRAPH = {"m": 16, "ef_construction": 64}  # pgvector's defaults, kensaku's too
+GRAPH = {"m": 16, "ef_construction": 64}  # pgvector's defaults, kensaku's below 100,000 vectors
 
 
 def test_parse_queries_splits_named_blocks() -> None:

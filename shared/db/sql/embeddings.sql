@@ -141,6 +141,10 @@ CREATE INDEX CONCURRENTLY {index} ON {partition} USING {method};
 -- name: rename_index
 ALTER INDEX {index} RENAME TO {name};
 
+-- name: drop_index_concurrently
+-- Waits for the queries reading the index, blocking none (outside a transaction).
+DROP INDEX CONCURRENTLY IF EXISTS {index};
+
 -- name: reset_build_settings
 -- The session's build settings (rebuild_graph) back to the server's.
 RESET maintenance_work_mem; RESET max_parallel_maintenance_workers;
