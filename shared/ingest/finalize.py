@@ -370,13 +370,14 @@ async def _rebuild(
         .replace("{method}", method)
     )
 
+    # Every drop here is concurrent: a plain DROP INDEX locks the partition against searches.
     async def build(workers: int) -> None:
         # A failed try's invalid index first (this one's, when parallel workers found no memory).
-        await conn.execute(Q.drop_partition_index.replace("{index}", next_index))
+        await conn.execute(Q.drop_index_concurrently.replace("{index}", next_index), timeout=_LONG)
         await conn.execute(Q.set_session, "max_parallel_maintenance_workers", str(workers))
         await conn.execute(create, timeout=_LONG)
 
-    await conn.execute(Q.drop_partition_index.replace("{index}", old_index))
+    await conn.execute(Q.drop_index_concurrently.replace("{index}", old_index), timeout=_LONG)
     await conn.execute(Q.set_session, "maintenance_work_mem", f"{settings.hnsw_build_memory_mb}MB")
     started = time.perf_counter()
     try:
@@ -392,7 +393,9 @@ async def _rebuild(
             )
     except BaseException:
         with contextlib.suppress(Exception):  # on a connection that is gone: drop_leftovers
-            await conn.execute(Q.drop_partition_index.replace("{index}", next_index))
+            await conn.execute(
+                Q.drop_index_concurrently.replace("{index}", next_index), timeout=_LONG
+            )
         raise
     finally:
         with contextlib.suppress(Exception):
