@@ -54,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated PostgreSQL shared_buffers sizes in MB, a server and every build "
         "for each (default: the embedded server's 1 GB)",
     )
+    co = sub.add_parser(
+        "collection", help="search latency per mode in one large collection, loaded by prep"
+    )
+    co.add_argument("--corpus", type=Path, required=True, help="sentences to pass on (ja_dev)")
+    co.add_argument("--queries", type=Path, required=True)
+    co.add_argument("--rows", default="100000", help="comma-separated sizes, e.g. 100000,1000000")
+    co.add_argument("--sample-queries", type=int, default=200)
     sz = sub.add_parser(
         "index-sizes", help="bytes per vector of each HNSW kind at several model dimensions"
     )
@@ -103,6 +110,15 @@ def main(argv: list[str] | None = None) -> int:
             ef_search=[int(x) for x in args.ef_search.split(",") if x],
             projections=[x for x in args.projection.split(",") if x],
             shared_buffers=[int(x) for x in args.shared_buffers.split(",") if x],
+        )
+    if args.what == "collection":
+        from bench.collection import main as collection
+
+        return collection(
+            args.corpus,
+            args.queries,
+            rows=[int(x) for x in args.rows.split(",")],
+            n_queries=args.sample_queries,
         )
     if args.what == "index-sizes":
         from bench.index_sizes import main as index_sizes

@@ -359,7 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     be = sub.add_parser(
         "bench",
-        help="benchmarks: kensaku bench search|ingest|embed|vectors|tune|tables (kensaku-bench)",
+        help="benchmarks: kensaku bench "
+        "search|ingest|embed|vectors|collection|index-sizes|tune|tables",
     )
     be.set_defaults(func=cmd_bench)
     return p
