@@ -61,6 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--queries", type=Path, required=True)
     co.add_argument("--rows", default="100000", help="comma-separated sizes, e.g. 100000,1000000")
     co.add_argument("--sample-queries", type=int, default=200)
+    co.add_argument(
+        "--append", type=int, default=2000, help="passages of a second job, after the searches"
+    )
+    co.add_argument(
+        "--shared-buffers",
+        default="",
+        help="comma-separated PostgreSQL shared_buffers sizes in MB, the searches measured at "
+        "each (default: the embedded server's 1 GB)",
+    )
     sz = sub.add_parser(
         "index-sizes", help="bytes per vector of each HNSW kind at several model dimensions"
     )
@@ -119,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             args.queries,
             rows=[int(x) for x in args.rows.split(",")],
             n_queries=args.sample_queries,
+            append=args.append,
+            shared_buffers=[int(x) for x in args.shared_buffers.split(",") if x],
         )
     if args.what == "index-sizes":
         from bench.index_sizes import main as index_sizes

@@ -36,18 +36,19 @@ from shared.config import Settings, get_settings
 from shared.db.embeddings import ModelTable, register_embedder
 from shared.db.migrate import migrate
 from shared.db.pool import create_pool
+from shared.db.queries import Q
 from shared.embed.embedder import Embedder, load_embedder
 from shared.evaluate import load_queries, percentile, read_corpus
 from shared.ingest.finalize import finalize_job
 from shared.ingest.prep import InlineEmbedding, LexicalParams, prep_documents
 from shared.ingest.store import Record, store_upload
-from shared.search import CollectionCache, SearchParams, search
+from shared.search import CollectionCache, Mode, SearchParams, search
 from shared.stack.services import EMBEDDED_POSTGRES_SETTINGS, start_postgres
 from shared.text.chunk import split_sentences
 from shared.text.normalize import normalize
 from shared.text.pipeline import normalized_content_hash, unit_texts
 
-MODES = ("lexical", "vector", "hybrid")
+MODES: tuple[Mode, ...] = ("lexical", "vector", "hybrid")
 TOP_K = 10
 _PREP_BATCH = 500  # documents per prep transaction (a worker's are prep_batch_size, 64)
 _PREP_PROCESSES = 2  # as the embedded stack's worker runs prep
@@ -69,18 +70,19 @@ def passages(corpus: Path, rows: int, seed: int = 7) -> list[tuple[str, str]]:
     return out
 
 
-def _records(texts: list[tuple[str, str]]) -> Iterator[Record]:
-    for i, (title, body) in enumerate(texts):
+def _records(texts: list[tuple[str, str]], first: int) -> Iterator[Record]:
+    for i, (title, body) in enumerate(texts, start=first):
         # As the API stores a JSON document: the hash is of the normalized text.
         digest = normalized_content_hash(normalize(title), normalize(body))
         yield (f"p{i}", title, body, "{}", digest, None, None, None, None)
 
 
-def _prep_part(settings: Settings, ids: list[int], progress: bool) -> int:
-    """Prep ``ids`` in batches in a process of its own, as a worker's pool child does."""
+def _prep_part(settings: Settings, ids: list[int], progress: bool) -> float:
+    """Prep ``ids`` in batches in a process of its own, as a worker's pool child does; the
+    seconds it took, from its model loaded to its last batch written."""
     embedder = load_embedder(settings)
 
-    async def run() -> int:
+    async def run() -> float:
         pool = await create_pool(settings, min_size=1, role="worker")
         try:
             table = await register_embedder(
@@ -111,7 +113,7 @@ def _prep_part(settings: Settings, ids: list[int], progress: bool) -> int:
                         f"    prepped about {_PREP_PROCESSES * done:,} ({rate:,.0f} docs/s)",
                         flush=True,
                     )
-            return len(ids)
+            return time.perf_counter() - started
         finally:
             await pool.close()
 
@@ -124,27 +126,27 @@ async def load(
     table: ModelTable,
     collection: str,
     texts: list[tuple[str, str]],
+    first: int = 0,
 ) -> dict[str, float]:
-    """Upload, prep and finish one job of ``texts``; seconds of each step."""
+    """Upload, prep and finish one job of ``texts`` (ids from p``first`` on); seconds of each
+    step."""
     started = time.perf_counter()
-    stored = await store_upload(pool, collection, lambda: _records(texts), len(texts), 0)
+    stored = await store_upload(pool, collection, lambda: _records(texts, first), len(texts), 0)
     assert stored is not None
     stored_s = time.perf_counter() - started
-    started = time.perf_counter()
     ids = stored.document_ids
     # Spawned, not forked: this process has an event loop and a pool of its own.
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(_PREP_PROCESSES, mp_context=ctx) as ex:
         parts = [ids[i::_PREP_PROCESSES] for i in range(_PREP_PROCESSES)]
         loop = asyncio.get_running_loop()
-        done = await asyncio.gather(
+        took = await asyncio.gather(
             *(
                 loop.run_in_executor(ex, _prep_part, settings, part, i == 0)
                 for i, part in enumerate(parts)
             )
         )
-    assert sum(done) == len(ids)
-    prep_s = time.perf_counter() - started
+    prep_s = max(took)  # (not the processes' start: each loads the model first)
     started = time.perf_counter()
     assert await finalize_job(pool, table, settings, stored.job_id), "the job did not finish"
     return {"store_s": stored_s, "prep_s": prep_s, "finalize_s": time.perf_counter() - started}
@@ -167,23 +169,19 @@ async def _latencies(
     return times, hits
 
 
-async def _index_scans(pool: asyncpg.Pool, index: str, before: int = -1) -> int:
-    """Scans of ``index`` so far; with ``before``, waits (up to 15 s) for the count to pass it:
-    an idle backend hands its counts over within 10 s (PGSTAT_IDLE_INTERVAL)."""
-    deadline = time.monotonic() + 15
-    while True:
-        async with pool.acquire() as conn:
-            await conn.execute("SELECT pg_stat_clear_snapshot()")
-            n = int(
-                await conn.fetchval(
-                    "SELECT coalesce(sum(idx_scan), 0) FROM pg_stat_user_indexes "
-                    "WHERE indexrelname = $1",
-                    index,
-                )
+async def _reads_index(
+    pool: asyncpg.Pool, embedder: Embedder, table: ModelTable, settings: Settings, p: SearchParams
+) -> bool:
+    """Whether search() answers ``p`` through the partition's vector index: the scans of the
+    index counted in the search's own transaction (pg_stat_get_xact_numscans)."""
+    async with pool.acquire() as conn, conn.transaction():
+        cid = await conn.fetchval(Q.collection_id, p.collection)
+        await search(conn, embedder, table, settings, p, CollectionCache())
+        return bool(
+            await conn.fetchval(
+                "SELECT pg_stat_get_xact_numscans(to_regclass($1)) > 0", table.index(cid)
             )
-        if n > before or time.monotonic() > deadline:
-            return n
-        await asyncio.sleep(0.5)
+        )
 
 
 async def measure(
@@ -193,17 +191,17 @@ async def measure(
     cache = CollectionCache()
     out = []
     try:
-        cid = int(await pool.fetchval("SELECT id FROM collections WHERE name = $1", collection))
 
         def run(p: SearchParams) -> Any:
             return search(pool, embedder, table, settings, p, cache)
 
-        for mode in MODES:
-            params = [SearchParams(q, collection, TOP_K, mode) for q in questions]
-            await _latencies(run, params[:20], 1)  # warm the pages this mode reads
-            scans = await _index_scans(pool, table.index(cid))
+        by_mode = {m: [SearchParams(q, collection, TOP_K, m) for q in questions] for m in MODES}
+        # The collection is larger than shared_buffers: measured first, a mode would pay for
+        # reading in the pages the others share with it.
+        for params in by_mode.values():
+            await _latencies(run, params, 1)
+        for mode, params in by_mode.items():
             c1, hits = await _latencies(run, params, 1)
-            used = await _index_scans(pool, table.index(cid), scans) - scans
             c8, _ = await _latencies(run, params, 8)
             out.append(
                 {
@@ -213,7 +211,7 @@ async def measure(
                     "p50_ms_c8": 1000 * percentile(c8, 50),
                     "p95_ms_c8": 1000 * percentile(c8, 95),
                     "full": sum(h == TOP_K for h in hits) / len(hits),
-                    "index_used": used > 0,
+                    "index_used": await _reads_index(pool, embedder, table, settings, params[0]),
                 }
             )
     finally:
@@ -221,92 +219,140 @@ async def measure(
     return out
 
 
-async def _sizes(settings: Settings, table: ModelTable, collection: str) -> dict[str, float]:
-    conn = await asyncpg.connect(settings.database_url)
-    try:
-        cid = await conn.fetchval("SELECT id FROM collections WHERE name = $1", collection)
-        row = await conn.fetchrow(
-            "SELECT (SELECT count(*) FROM chunks WHERE collection_id = $1) AS chunks, "
-            "(SELECT count(*) FROM postings WHERE collection_id = $1) AS postings, "
-            "pg_total_relation_size('chunks') AS chunks_b, "
-            "pg_total_relation_size('postings') AS postings_b, "
-            "pg_table_size($2::regclass) AS vectors_b, pg_relation_size($3::regclass) AS index_b, "
-            "(SELECT count(*) FROM " + table.partition(cid) + ") AS vectors",
-            cid,
-            table.partition(cid),
-            table.index(cid),
-        )
-        return dict(row)
-    finally:
-        await conn.close()
+async def _sizes(pool: asyncpg.Pool, table: ModelTable, cid: int) -> dict[str, Any]:
+    row = await pool.fetchrow(
+        "SELECT (SELECT count(*) FROM chunks WHERE collection_id = $1) AS chunks, "
+        "(SELECT count(*) FROM postings WHERE collection_id = $1) AS postings, "
+        "pg_total_relation_size('chunks') AS chunks_b, "
+        "pg_total_relation_size('postings') AS postings_b, "
+        "pg_table_size($2::regclass) AS vectors_b, pg_relation_size($3::regclass) AS index_b, "
+        "(SELECT count(*) FROM " + table.partition(cid) + ") AS vectors",
+        cid,
+        table.partition(cid),
+        table.index(cid),
+    )
+    return dict(row)
 
 
-def main(corpus: Path, queries: Path, rows: list[int], n_queries: int = 200) -> int:
+def main(
+    corpus: Path,
+    queries: Path,
+    rows: list[int],
+    n_queries: int = 200,
+    append: int = 2000,
+    shared_buffers: list[int] | None = None,
+) -> int:
+    """``append``: passages uploaded as a second job once the searches are measured, which
+    prep writes into the built graph row by row. ``shared_buffers``: the searches are measured
+    once per value (MB; the server restarted with it after the load); by default once, with the
+    embedded server's own (EMBEDDED_POSTGRES_SETTINGS)."""
     base = get_settings()
     embedder = load_embedder(base)
     if not embedder.takes_lexemes:
         print("bench collection measures the default model (embedded inside prep)", file=sys.stderr)
         return 2
-    texts = passages(corpus, max(rows))
+    texts = passages(corpus, max(rows) + append)
     questions = [q.text for q in random.Random(7).sample(load_queries(queries), n_queries)]
     with tempfile.TemporaryDirectory(prefix="kensaku-bench-") as tmp:
-        pg = start_postgres(Path(tmp) / "postgres", settings=EMBEDDED_POSTGRES_SETTINGS)
+        data = Path(tmp) / "postgres"
+        pg = start_postgres(data, settings=EMBEDDED_POSTGRES_SETTINGS)
         try:
             asyncio.run(migrate(pg.url))
-            settings = base.model_copy(update={"database_url": pg.url})
             for n in rows:
-                asyncio.run(_one(settings, embedder, f"bench-{n}", texts[:n], questions))
+                settings = base.model_copy(update={"database_url": pg.url})
+                asyncio.run(_load(settings, embedder, texts[:n]))
+                sizes: list[int | None] = [*shared_buffers] if shared_buffers else [None]
+                for buffers in sizes:
+                    if buffers is not None:
+                        pg.stop()
+                        pg = start_postgres(data, settings={"shared_buffers": f"{buffers}MB"})
+                        settings = base.model_copy(update={"database_url": pg.url})
+                    asyncio.run(_searches(settings, embedder, n, questions))
+                if append:
+                    asyncio.run(_append(settings, embedder, texts[n : n + append], n))
         finally:
             pg.stop()
     return 0
 
 
-async def _one(
-    settings: Settings,
-    embedder: Embedder,
-    collection: str,
-    texts: list[tuple[str, str]],
-    questions: list[str],
-) -> None:
+async def _table(pool: asyncpg.Pool, settings: Settings, embedder: Embedder) -> ModelTable:
+    return await register_embedder(
+        pool,
+        embedder,
+        settings.vector_index,
+        settings.vector_dimensions,
+        settings.vector_projection,
+    )
+
+
+async def _load(settings: Settings, embedder: Embedder, texts: list[tuple[str, str]]) -> None:
+    """A collection of ``texts``, named for its size, loaded as one job."""
+    collection = f"bench-{len(texts)}"
     pool = await create_pool(settings, min_size=1, role="worker")
     try:
-        table = await register_embedder(
-            pool,
-            embedder,
-            settings.vector_index,
-            settings.vector_dimensions,
-            settings.vector_projection,
-        )
+        table = await _table(pool, settings, embedder)
         print(f"{collection}: {len(texts):,} passages, loading", flush=True)
         took = await load(pool, settings, table, collection, texts)
+        cid = int(await pool.fetchval(Q.collection_id, collection))
+        built_with = await pool.fetchval(Q.index_ef_construction, table.index(cid))
+        print(
+            f"  stored in {took['store_s']:.0f} s, prepped in {took['prep_s']:.0f} s "
+            f"({len(texts) / took['prep_s']:,.0f} docs/s, {_PREP_PROCESSES} processes), "
+            f"job end (VACUUM, {table.index_kind} build, ef_construction {built_with}) in "
+            f"{took['finalize_s']:.0f} s",
+            flush=True,
+        )
+        size = await _sizes(pool, table, cid)
+        print(
+            f"  {size['chunks']:,} chunks, {size['vectors']:,} vectors, {size['postings']:,} "
+            f"postings; MB on disk: chunks {size['chunks_b'] / 2**20:,.0f}, postings "
+            f"{size['postings_b'] / 2**20:,.0f}, vectors {size['vectors_b'] / 2**20:,.0f}, "
+            f"vector index {size['index_b'] / 2**20:,.0f}",
+            flush=True,
+        )
     finally:
         await pool.close()
-    size = await _sizes(settings, table, collection)
+
+
+async def _searches(
+    settings: Settings, embedder: Embedder, rows: int, questions: list[str]
+) -> None:
+    pool = await create_pool(settings, min_size=1)
+    try:
+        table = await _table(pool, settings, embedder)
+        buffers = await pool.fetchval("SHOW shared_buffers")
+    finally:
+        await pool.close()
     print(
-        f"  stored in {took['store_s']:.0f} s, prepped in {took['prep_s']:.0f} s "
-        f"({len(texts) / took['prep_s']:,.0f} docs/s, {_PREP_PROCESSES} processes), "
-        f"job end (VACUUM, index) in {took['finalize_s']:.0f} s",
-        flush=True,
-    )
-    print(
-        f"  {size['chunks']:,} chunks, {size['vectors']:,} vectors, {size['postings']:,} postings; "
-        f"MB on disk: chunks {size['chunks_b'] / 2**20:,.0f}, postings "
-        f"{size['postings_b'] / 2**20:,.0f}, vectors {size['vectors_b'] / 2**20:,.0f}, "
-        f"{settings.vector_index} index {size['index_b'] / 2**20:,.0f}",
-        flush=True,
-    )
-    print(
-        f"  {len(questions)} real questions, top {TOP_K}, through search() "
-        f"(index {settings.vector_index})"
+        f"  {len(questions)} real questions, top {TOP_K}, through search(), shared_buffers "
+        f"{buffers}, after one pass of every question in every mode"
     )
     print(
         f"  {'mode':<8} {'p50 c1':>7} {'p95 c1':>7} {'p50 c8':>7} {'p95 c8':>7} "
         f"{'top_k full':>10} {'vector index':>12}"
     )
-    for r in await measure(settings, embedder, table, collection, questions):
+    for r in await measure(settings, embedder, table, f"bench-{rows}", questions):
         print(
             f"  {r['mode']:<8} {r['p50_ms_c1']:>7.2f} {r['p95_ms_c1']:>7.2f} "
             f"{r['p50_ms_c8']:>7.2f} {r['p95_ms_c8']:>7.2f} {r['full']:>10.1%} "
             f"{'read' if r['index_used'] else 'not read':>12}",
             flush=True,
         )
+
+
+async def _append(
+    settings: Settings, embedder: Embedder, more: list[tuple[str, str]], rows: int
+) -> None:
+    """A second job into collection ``bench-{rows}``: its vectors join the graph row by row."""
+    pool = await create_pool(settings, min_size=1, role="worker")
+    try:
+        table = await _table(pool, settings, embedder)
+        took = await load(pool, settings, table, f"bench-{rows}", more, first=rows)
+    finally:
+        await pool.close()
+    print(
+        f"  a second job of {len(more):,} passages, inserted into the graph row by row: "
+        f"prepped at {len(more) / took['prep_s']:,.0f} docs/s, job end in "
+        f"{took['finalize_s']:.1f} s",
+        flush=True,
+    )

@@ -182,3 +182,66 @@ async def _build_without_shared_memory(settings: Settings, collection: str, buil
             await pool.execute(f"ALTER TABLE {table.partition(cid)} RESET (parallel_workers)")
     finally:
         await pool.close()
+
+
+def test_a_rebuild_without_the_shared_memory_builds_in_one_process(
+    stack: Any,
+    sample_collection: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The graph rebuilt beside the old one (rebuild_graph) falls back the same way: its failed
+    parallel try leaves an invalid index under the new name, which the try in one process must
+    replace, and the old graph serves until the swap."""
+    monkeypatch.setattr(finalize, "_parallel_failed", False)
+    plain = Settings(database_url=stack.database_url, redis_url=stack.redis_url, hnsw_min_rows=1)
+    wider = plain.model_copy(
+        update={
+            "hnsw_build_workers": 2,
+            "hnsw_build_memory_mb": 1024 * 1024,
+            "hnsw_ef_construction": 100,  # above the 64 the first build used at this size
+        }
+    )
+
+    async def run() -> tuple[int | None, Any, list[str]]:
+        pool = await create_pool(plain, min_size=1)
+        try:
+            table = await register_embedder(pool, load_embedder(plain))
+            cid = await pool.fetchval(
+                "SELECT id FROM collections WHERE name = $1", sample_collection
+            )
+            index, partition = table.index(cid), table.partition(cid)
+            await pool.execute(f"DROP INDEX IF EXISTS {index}")
+            async with pool.acquire() as conn:
+                assert await build_vector_index(conn, table, cid, plain)
+            await pool.execute(f"ALTER TABLE {partition} SET (parallel_workers = 2)")
+            try:
+                async with pool.acquire() as conn:
+                    got = await finalize.rebuild_graph(conn, table, cid, wider)
+            finally:
+                await pool.execute(f"ALTER TABLE {partition} RESET (parallel_workers)")
+            state = await pool.fetchrow(
+                "SELECT i.indisvalid, c.reloptions FROM pg_index i "
+                "JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = $1",
+                index,
+            )
+            names = [
+                r["indexname"]
+                for r in await pool.fetch(
+                    "SELECT indexname FROM pg_indexes WHERE tablename = $1", partition
+                )
+            ]
+            # Leave the graph of the stack's own settings for the tests that follow.
+            await pool.execute(f"DROP INDEX {index}")
+            async with pool.acquire() as conn:
+                assert await build_vector_index(conn, table, cid, plain)
+            return got, state, names
+        finally:
+            await pool.close()
+
+    with caplog.at_level(logging.INFO, logger=finalize.__name__):
+        got, state, names = asyncio.run(run())
+    assert got == 100
+    assert caplog.text.count("building it in one process") == 1, caplog.text
+    assert state["indisvalid"] and "ef_construction=100" in state["reloptions"], state
+    assert not [n for n in names if n.endswith(("_nx", "_ox"))], names
