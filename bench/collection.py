@@ -148,7 +148,12 @@ async def load(
         )
     prep_s = max(took)  # (not the processes' start: each loads the model first)
     started = time.perf_counter()
-    assert await finalize_job(pool, table, settings, stored.job_id), "the job did not finish"
+    # Another finalizer (a stack's sweeper, when the database is a running stack's) may hold the
+    # job's lock and be building the index: wait for it to finish the job.
+    deadline = time.monotonic() + 3600
+    while not await finalize_job(pool, table, settings, stored.job_id):
+        assert time.monotonic() < deadline, "the job did not finish"
+        await asyncio.sleep(1.0)
     return {"store_s": stored_s, "prep_s": prep_s, "finalize_s": time.perf_counter() - started}
 
 
