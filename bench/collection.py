@@ -6,8 +6,8 @@ up to ``--rows``, two random real sentences written as one (the first's closing 
 so the default model embeds each passage as one sentence: one chunk, one vector. The text is
 real Japanese and the postings of common words grow with the collection as a real one's do.
 
-Load: one upload job (``store_upload``, as an NDJSON upload stores it), prep in batches in this
-process (``prep_documents`` with the default model embedding inside prep, as a worker runs it),
+Load: one upload job (``store_upload``, as an NDJSON upload stores it), prep in batches in two
+processes (``prep_documents`` with the default model embedding inside prep, as a worker runs it),
 then the job's end (``finalize_job``: VACUUM and the HNSW build, at the size's ef_construction).
 Search: kensaku's ``search()`` (the query's analysis and vector, then its one SQL round trip) for
 real questions in each mode, at concurrency 1 and 8, on the embedded PostgreSQL with the
@@ -85,13 +85,7 @@ def _prep_part(settings: Settings, ids: list[int], progress: bool) -> float:
     async def run() -> float:
         pool = await create_pool(settings, min_size=1, role="worker")
         try:
-            table = await register_embedder(
-                pool,
-                embedder,
-                settings.vector_index,
-                settings.vector_dimensions,
-                settings.vector_projection,
-            )
+            table = await _table(pool, settings, embedder)
             started = time.perf_counter()
             for at in range(0, len(ids), _PREP_BATCH):
                 result = await prep_documents(
