@@ -112,6 +112,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 # --- up -------------------------------------------------------------------------------------
 def cmd_up(args: argparse.Namespace) -> int:
     from shared.embed.build_default import main_build
+    from shared.errors import ConfigError
     from shared.stack.stack import Stack, settings_env
     from shared.upload import upload_jsonl, wait_jobs
 
@@ -148,13 +149,15 @@ def cmd_up(args: argparse.Namespace) -> int:
             wait_jobs(stack.api_url, [job["job_id"]], headers, progress=True)
         print("ready; Ctrl-C stops everything", flush=True)
         while True:
-            for proc in stack.procs.values():
-                if not proc.alive():
-                    print(f"{proc.name} exited unexpectedly:\n{proc.tail()}", file=sys.stderr)
-                    return 1
+            # A process that exits is started again, as compose does for the deployed stack.
+            for name in stack.restart_exited():
+                print(f"{name} exited unexpectedly; started it again", file=sys.stderr)
             time.sleep(0.5)
     except _Interrupted:
         return 0
+    except ConfigError as exc:  # one that keeps exiting
+        print(exc, file=sys.stderr)
+        return 1
     finally:
         # A second Ctrl-C must not cut the clean-up short and leave processes behind.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)

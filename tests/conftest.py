@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,3 +48,15 @@ def api(stack: Any) -> Iterator[httpx.Client]:
 @pytest.fixture
 def collection() -> str:
     return f"t-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None]:
+    """A failed test that used the stack shows the end of each process's log: a CI run keeps
+    only its output, and the stack's data directory is gone once the session ends."""
+    report = yield
+    if report.failed and call.when == "call" and "stack" in getattr(item, "fixturenames", ()):
+        stack = item.funcargs.get("stack")  # type: ignore[attr-defined]
+        for name, proc in getattr(stack, "procs", {}).items():
+            report.sections.append((f"{name} log, last lines", proc.tail(60)))
+    return report

@@ -8,7 +8,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +28,17 @@ def data_dir(prefix: str) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def wait_job(api: httpx.Client, job_id: str, timeout: float = 120) -> dict[str, Any]:
+def wait_job(
+    api: httpx.Client,
+    job_id: str,
+    timeout: float = 120,
+    each_round: Callable[[], object] | None = None,
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     status: dict[str, Any] = {}
     while time.monotonic() < deadline:
+        if each_round is not None:
+            each_round()
         status = api.get(f"/v1/jobs/{job_id}").json()
         if status["status"] in ("done", "partial", "failed"):
             return status

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,12 +36,18 @@ from shared.stack.services import (
     start_redis,
 )
 
+RESTART_LIMIT = 5
+RESTART_WINDOW_S = 300.0
+
 
 @dataclass
 class Proc:
     name: str
     popen: subprocess.Popen[bytes]
     log_path: Path
+    args: list[str] = field(default_factory=list)
+    extra_env: dict[str, str] = field(default_factory=dict)
+    stopped: bool = False  # on purpose, by stop(): not one to start again
 
     def alive(self) -> bool:
         return self.popen.poll() is None
@@ -52,6 +59,7 @@ class Proc:
             pass
 
     def stop(self, timeout: float = 20.0) -> None:
+        self.stopped = True
         if not self.alive():
             self.signal_group(signal.SIGKILL)  # children of a dead leader
             return
@@ -88,6 +96,8 @@ class Stack:
     postgres: LocalPostgres | None = None
     redis: LocalRedis | None = None
     procs: dict[str, Proc] = field(default_factory=dict)
+    # When each process was last started again by restart_exited, newest last.
+    restarts: dict[str, deque[float]] = field(default_factory=dict)
 
     # --- lifecycle ----------------------------------------------------------------------
     def start_services(self) -> None:
@@ -133,9 +143,31 @@ class Stack:
             start_new_session=True,  # own process group: stop() reaches its children too
         )
         log.close()
-        proc = Proc(name, popen, log_path)
+        proc = Proc(name, popen, log_path, args, env or {})
         self.procs[name] = proc
         return proc
+
+    def restart_exited(self) -> list[str]:
+        """Start again, as before, each process that exited without being stopped; return
+        their names. What compose's `restart: unless-stopped` does for the deployed stack: a
+        Celery worker ends itself on errors it calls unrecoverable (one is a race in kombu's
+        closing of a lost Redis connection), and the queue needs a worker again once Redis is
+        back. A process that keeps exiting is not started a sixth time within five minutes."""
+        started = []
+        for name, proc in list(self.procs.items()):
+            if proc.alive() or proc.stopped:
+                continue
+            proc.signal_group(signal.SIGKILL)  # prefork children of a dead leader
+            times = self.restarts.setdefault(name, deque(maxlen=RESTART_LIMIT))
+            if len(times) == RESTART_LIMIT and time.monotonic() - times[0] < RESTART_WINDOW_S:
+                raise ConfigError(
+                    f"{name} exited {RESTART_LIMIT + 1} times within "
+                    f"{RESTART_WINDOW_S:.0f} s; last lines of its log:\n{proc.tail()}"
+                )
+            times.append(time.monotonic())
+            self._spawn(name, proc.args, proc.extra_env)
+            started.append(name)
+        return started
 
     def start_api(self) -> Proc:
         self.api_port = self.api_port or free_port()

@@ -68,7 +68,10 @@ def test_worker_sigkill_mid_job(stack: Any, api: httpx.Client, collection: str) 
     mid = api.get(f"/v1/jobs/{job}").json()
     assert mid["status"] in ("queued", "running"), mid
 
-    stack.start_worker()
+    # Started again the way `kensaku up` does, with the same command line.
+    assert stack.restart_exited() == ["worker"]
+    assert stack.procs["worker"].alive()
+    assert stack.restart_exited() == []
     final = wait_job(api, job, timeout=240)
     assert final["status"] == "done", final
     assert_indexed_exactly_once(stack, collection, n)
@@ -137,7 +140,10 @@ def test_redis_killed_and_restarted_on_its_data(
     # good unless told to keep trying (worker/celery_app.py).
     time.sleep(16)
     stack.redis = start_redis(data, port)
-    final = wait_job(api, job, timeout=240)
+    # The worker reconnects, or, now and then, exits: Celery calls an error in kombu's closing
+    # of the lost connection unrecoverable (a race). Then it is started again, as compose and
+    # `kensaku up` start it (Stack.restart_exited).
+    final = wait_job(api, job, timeout=240, each_round=stack.restart_exited)
     assert final["status"] == "done", final
     assert_indexed_exactly_once(stack, collection, n)
 
