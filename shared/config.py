@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     # Documents still queued/prepped this long after their last change are re-enqueued.
     sweep_grace_seconds: float = Field(120.0, ge=1.0)
     sweep_interval_seconds: float = Field(30.0, ge=1.0)
+    # A worker that holds no task while its queues have work, and has received none for this
+    # long, is stopped so that its supervisor starts it again (worker/watchdog.py); 0: never.
+    # Above the ~35 s a reconnecting consumer can wait between tries.
+    worker_stall_seconds: float = Field(120.0, ge=0.0)
 
     # --- text pipeline --------------------------------------------------------------------
     chunk_tokens: int = Field(256, ge=16, le=8192)
@@ -201,6 +205,13 @@ class Settings(BaseSettings):
     def _redis_url(cls, v: str) -> str:
         if not v.startswith(("redis://", "rediss://", "unix://", "redis+socket://")):
             raise ValueError("must be a redis://, rediss://, redis+socket:// or unix:// URL")
+        return v
+
+    @field_validator("worker_stall_seconds")
+    @classmethod
+    def _stall_off_or_long(cls, v: float) -> float:
+        if 0 < v < 5:  # shorter would stop a healthy worker between two fetches
+            raise ValueError("must be 0 (off) or at least 5 seconds")
         return v
 
     @model_validator(mode="after")

@@ -30,6 +30,8 @@ def stack() -> Iterator[Any]:
         "KENSAKU_PREP_BATCH_SIZE": "8",
         # So the idle-upload test sees a 408 within seconds.
         "KENSAKU_UPLOAD_IDLE_TIMEOUT_SECONDS": "2",
+        # So the stalled-worker test sees the watchdog act within seconds.
+        "KENSAKU_WORKER_STALL_SECONDS": "15",
         "KENSAKU_MODELS_DIR": os.environ["KENSAKU_MODELS_DIR"],
     }
     with (

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING, Any
 
 from celery.signals import (
     setup_logging,
+    task_received,
     worker_init,
     worker_process_init,
     worker_process_shutdown,
+    worker_ready,
     worker_shutdown,
 )
 
@@ -16,7 +19,11 @@ from shared.broker import make_celery_app
 from shared.config import get_settings
 from shared.logging import setup_celery_logging
 
+if TYPE_CHECKING:
+    from worker.watchdog import Watchdog
+
 log = logging.getLogger(__name__)
+_watchdog: Watchdog | None = None
 app = make_celery_app(get_settings())
 # The worker imports the task module when it starts (Celery's usual way; the tasks import `app`
 # from here, so importing them here too would be a cycle).
@@ -86,6 +93,29 @@ def _serving_models(database_url: str) -> list[str]:
     except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         log.info("preload: registry not read (%s)", exc)
         return []
+
+
+@worker_ready.connect
+def _watch(sender: Any = None, **_: object) -> None:
+    # The main process (sender: its consumer), once it consumes: worker/watchdog.py says why.
+    global _watchdog
+    settings = get_settings()
+    if settings.worker_stall_seconds <= 0:
+        return
+    from worker.watchdog import Watchdog
+
+    # A copy: a consumer cancelled by remote control leaves the set, yet its queue still counts.
+    queues = list(sender.app.amqp.queues.consume_from)
+    _watchdog = Watchdog(
+        sender.app, queues, settings.worker_stall_seconds, settings.shutdown_timeout_seconds + 20
+    )
+    _watchdog.start()
+
+
+@task_received.connect
+def _received(**_: object) -> None:
+    if _watchdog is not None:
+        _watchdog.received()
 
 
 @worker_process_init.connect

@@ -19,6 +19,8 @@ import httpx
 import pytest
 import redis
 
+from shared.broker import ALL_QUEUES, make_celery_app
+from shared.config import Settings
 from shared.stack.services import start_postgres, start_redis
 from tests.helpers import active_table, db_fetch, spawn_patched_worker, wait_job
 from tests.integration.test_ingest import make_docs, upload
@@ -145,6 +147,33 @@ def test_redis_killed_and_restarted_on_its_data(
     # `kensaku up` start it (Stack.restart_exited).
     final = wait_job(api, job, timeout=240, each_round=stack.restart_exited)
     assert final["status"] == "done", final
+    assert_indexed_exactly_once(stack, collection, n)
+
+
+def test_a_worker_that_stops_consuming_is_stopped_and_started_again(
+    stack: Any, api: httpx.Client, collection: str
+) -> None:
+    # What kombu's "catatonic" worker does after Redis comes back now and then (alive, connected,
+    # no longer reading its queues; worker/watchdog.py), brought about on purpose: its
+    # consumers are cancelled by remote control.
+    control = make_celery_app(Settings(redis_url=stack.redis_url)).control
+    worker = stack.procs["worker"]
+    for queue in ALL_QUEUES:
+        assert control.cancel_consumer(queue, reply=True, timeout=10), "no worker replied"
+    try:
+        n = 24
+        job = upload(api, collection, make_docs(n, prefix="s"))["job_id"]
+        # The stack's stall time is 15 s (tests/conftest.py): the watchdog stops the worker with
+        # exit code 1, and it is started again as compose and `kensaku up` start it.
+        final = wait_job(api, job, timeout=240, each_round=stack.restart_exited)
+    finally:
+        if stack.procs["worker"] is worker and worker.alive():  # not stopped: undo the fault
+            for queue in ALL_QUEUES:
+                control.add_consumer(queue, reply=True, timeout=10)
+    assert final["status"] == "done", final
+    assert stack.procs["worker"] is not worker, "the job finished without a new worker"
+    assert worker.popen.returncode == 1, worker.tail()
+    assert "worker stalled" in worker.log_path.read_text(errors="replace"), worker.tail()
     assert_indexed_exactly_once(stack, collection, n)
 
 

@@ -154,6 +154,9 @@ def test_settings_are_validated() -> None:
         Settings(chunk_tokens=64, chunk_overlap_tokens=64)
     with pytest.raises(ValidationError):
         Settings(max_document_bytes=1000)  # a 1 MB document must always fit
+    with pytest.raises(ValidationError, match="worker_stall_seconds"):
+        Settings(worker_stall_seconds=2)
+    assert Settings(worker_stall_seconds=0).worker_stall_seconds == 0  # off
 
 
 def test_filter_groups() -> None:
