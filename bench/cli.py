@@ -57,7 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     co = sub.add_parser(
         "collection", help="search latency per mode in one large collection, loaded by prep"
     )
-    co.add_argument("--corpus", type=Path, required=True, help="sentences to pass on (ja_dev)")
+    co.add_argument(
+        "--corpus",
+        type=Path,
+        required=True,
+        help="a corpus JSONL (ja_dev's corpus.jsonl): its sentences, then pairs of them, "
+        "each with its article's title, become the passages",
+    )
     co.add_argument("--queries", type=Path, required=True)
     co.add_argument("--rows", default="100000", help="comma-separated sizes, e.g. 100000,1000000")
     co.add_argument("--sample-queries", type=int, default=200)

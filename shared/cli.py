@@ -133,6 +133,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     headers = _headers()
+
+    def supervise() -> None:
+        # A process that exits is started again, as compose does for the deployed stack.
+        for name in stack.restart_exited():
+            print(f"{name} exited unexpectedly; started it again", file=sys.stderr)
+
     try:
         print("starting PostgreSQL, Redis, migrations, API, worker and Flower ...", flush=True)
         stack.start()
@@ -146,12 +152,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         if args.ingest:
             job = upload_jsonl(stack.api_url, Path(args.ingest), args.collection, headers)
             print(f"ingesting {args.ingest}: job {job['job_id']}", flush=True)
-            wait_jobs(stack.api_url, [job["job_id"]], headers, progress=True)
+            wait_jobs(stack.api_url, [job["job_id"]], headers, progress=True, each_round=supervise)
         print("ready; Ctrl-C stops everything", flush=True)
         while True:
-            # A process that exits is started again, as compose does for the deployed stack.
-            for name in stack.restart_exited():
-                print(f"{name} exited unexpectedly; started it again", file=sys.stderr)
+            supervise()
             time.sleep(0.5)
     except _Interrupted:
         return 0

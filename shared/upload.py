@@ -13,7 +13,7 @@ from __future__ import annotations
 import mimetypes
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,9 +155,16 @@ def upload_files(
 
 
 def wait_jobs(
-    api: str, job_ids: list[str], headers: dict[str, str], *, progress: bool, timeout: float = 86400
+    api: str,
+    job_ids: list[str],
+    headers: dict[str, str],
+    *,
+    progress: bool,
+    timeout: float = 86400,
+    each_round: Callable[[], object] | None = None,
 ) -> list[dict[str, Any]]:
-    """Poll the jobs until each has ended; one bar for all of them."""
+    """Poll the jobs until each has ended; one bar for all of them. ``each_round`` is called
+    between two polls (`kensaku up` starts exited processes again there)."""
     from tqdm import tqdm
 
     deadline = time.monotonic() + timeout
@@ -182,6 +189,8 @@ def wait_jobs(
             bar.refresh()
         if all(s["status"] in ("done", "partial", "failed") for s in statuses.values()):
             break
+        if each_round is not None:
+            each_round()
         time.sleep(0.5)
     if bar is not None:
         bar.close()

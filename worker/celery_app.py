@@ -100,7 +100,7 @@ def _watch(sender: Any = None, **_: object) -> None:
     # The main process (sender: its consumer), once it consumes: worker/watchdog.py says why.
     global _watchdog
     settings = get_settings()
-    if settings.worker_stall_seconds <= 0:
+    if settings.worker_stall_seconds <= 0 or _watchdog is not None:  # one per process
         return
     from worker.watchdog import Watchdog
 
