@@ -170,28 +170,28 @@ def wait_jobs(
     deadline = time.monotonic() + timeout
     statuses: dict[str, dict[str, Any]] = {}
     bar = None
-    while time.monotonic() < deadline:
-        for job_id in job_ids:
-            if statuses.get(job_id, {}).get("status") not in ("done", "partial", "failed"):
-                statuses[job_id] = httpx.get(
-                    f"{api}/v1/jobs/{job_id}", headers=headers, timeout=30
-                ).json()
-        if progress:
-            if bar is None:
-                bar = tqdm(
-                    total=sum(s["total"] for s in statuses.values()), unit="doc", desc="indexed"
+    # One client for every look: a new one costs a TLS context's worth of CPU each time.
+    with httpx.Client(base_url=api, headers=headers, timeout=30) as client:
+        while time.monotonic() < deadline:
+            for job_id in job_ids:
+                if statuses.get(job_id, {}).get("status") not in ("done", "partial", "failed"):
+                    statuses[job_id] = client.get(f"/v1/jobs/{job_id}").json()
+            if progress:
+                if bar is None:
+                    bar = tqdm(
+                        total=sum(s["total"] for s in statuses.values()), unit="doc", desc="indexed"
+                    )
+                bar.n = sum(s["indexed"] + s["failed"] for s in statuses.values())
+                bar.set_postfix(
+                    prepped=sum(s["prepped"] for s in statuses.values()),
+                    failed=sum(s["failed"] for s in statuses.values()),
                 )
-            bar.n = sum(s["indexed"] + s["failed"] for s in statuses.values())
-            bar.set_postfix(
-                prepped=sum(s["prepped"] for s in statuses.values()),
-                failed=sum(s["failed"] for s in statuses.values()),
-            )
-            bar.refresh()
-        if all(s["status"] in ("done", "partial", "failed") for s in statuses.values()):
-            break
-        if each_round is not None:
-            each_round()
-        time.sleep(0.5)
+                bar.refresh()
+            if all(s["status"] in ("done", "partial", "failed") for s in statuses.values()):
+                break
+            if each_round is not None:
+                each_round()
+            time.sleep(0.5)
     if bar is not None:
         bar.close()
     return [statuses[j] for j in job_ids]
