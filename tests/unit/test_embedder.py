@@ -18,7 +18,7 @@ from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
 
 from shared.config import DEFAULT_MODEL, Settings
-from shared.embed.embedder import MINILM_NAME, Embedder, load_embedder
+from shared.embed.embedder import MINILM_NAME, PAD_CUT, Embedder, load_embedder
 from shared.errors import ConfigError
 
 # ASCII words: encode_query normalizes its text, and normalization removes the spaces between
@@ -99,6 +99,25 @@ def test_token_budget_batches_keep_the_input_order(plain: Embedder) -> None:
         np.testing.assert_allclose(plain.encode_documents(texts), reference, atol=1e-6)
     finally:
         plain.token_budget = 16_384
+
+
+def test_batches_keep_short_texts_from_padding_to_long_ones(plain: Embedder) -> None:
+    # Within the default budget all of these fit one batch; padded to the longest (30 tokens),
+    # the short ones would spend most of it on padding.
+    texts = [" ".join(["tokyo"] * n) for n in (30, 3, 29, 12, 24, 1, 30, 8, 23, 17)]
+    lengths = [plain.count_tokens(t) for t in texts]
+    batches = plain.batches(texts)
+    assert sorted(i for b in batches for i in b) == list(range(len(texts)))
+    assert [sorted(lengths[i] for i in b) for b in batches] == [
+        [23, 24, 29, 30, 30],
+        [17],
+        [12],
+        [8],
+        [3],
+        [1],
+    ]
+    for batch in batches:
+        assert min(lengths[i] for i in batch) >= PAD_CUT * max(lengths[i] for i in batch)
 
 
 def test_count_tokens_uses_the_model_tokenizer_without_specials(plain: Embedder) -> None:
