@@ -100,8 +100,10 @@ class Settings(BaseSettings):
     # encoding batches on both cores: torch 67 ms on one thread, 113 on two; onnx-int8 17 and
     # 26; `kensaku bench embed`, bench/RESULTS.md).
     query_threads: int = Field(1, ge=1, le=256)
-    # Largest number of model tokens one encode batch may hold (length-sorted batches).
-    embed_token_budget: int = Field(16_384, ge=64)
+    # Largest number of padded model tokens one encode batch may hold (length-sorted batches).
+    # Unset: 4,096 on a CPU, where MiniLM on one thread took 7 % longer in batches of 16,384
+    # (cache-sized batches win; bench/RESULTS.md), and 16,384 on a GPU.
+    embed_token_budget: int | None = Field(None, ge=64)
     trust_remote_code: bool = False
     # How often the API looks at the model registry to follow a switch (shared/db/registry.py).
     model_poll_seconds: float = Field(1.0, gt=0, le=60)

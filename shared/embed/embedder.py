@@ -55,6 +55,8 @@ _DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus")  # sentence-transform
 # A text shorter than this share of its batch's longest starts the next batch: padding then costs
 # under a quarter of what a batch computes, for a few more batches from texts of every length.
 PAD_CUT = 0.75
+CPU_TOKEN_BUDGET = 4_096
+GPU_TOKEN_BUDGET = 16_384
 
 
 class Embedder:
@@ -354,11 +356,18 @@ def load_embedder(settings: Settings, *, threads: int | None = None) -> Embedder
         name=name,
         backend=backend,
         device=device,
-        token_budget=settings.embed_token_budget,
+        token_budget=batch_token_budget(settings, device),
         vector_unit=settings.vector_unit,
     )
     log.info("embedding model loaded: %s", embedder.describe())
     return embedder
+
+
+def batch_token_budget(settings: Settings, device: str) -> int:
+    """KENSAKU_EMBED_TOKEN_BUDGET, or the device's default (see shared/config.py)."""
+    if settings.embed_token_budget is not None:
+        return settings.embed_token_budget
+    return CPU_TOKEN_BUDGET if device == "cpu" else GPU_TOKEN_BUDGET
 
 
 def load_token_counter(settings: Settings) -> Embedder | None:
@@ -387,7 +396,7 @@ def load_token_counter(settings: Settings) -> Embedder | None:
         name=name,
         backend=settings.backend,
         device="cpu",
-        token_budget=settings.embed_token_budget,
+        token_budget=batch_token_budget(settings, "cpu"),
         vector_unit=settings.vector_unit,
     )
 

@@ -18,7 +18,13 @@ from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
 
 from shared.config import DEFAULT_MODEL, Settings
-from shared.embed.embedder import MINILM_NAME, PAD_CUT, Embedder, load_embedder
+from shared.embed.embedder import (
+    MINILM_NAME,
+    PAD_CUT,
+    Embedder,
+    batch_token_budget,
+    load_embedder,
+)
 from shared.errors import ConfigError
 
 # ASCII words: encode_query normalizes its text, and normalization removes the spaces between
@@ -118,6 +124,13 @@ def test_batches_keep_short_texts_from_padding_to_long_ones(plain: Embedder) -> 
     ]
     for batch in batches:
         assert min(lengths[i] for i in batch) >= PAD_CUT * max(lengths[i] for i in batch)
+
+
+def test_the_token_budget_follows_the_device_unless_set() -> None:
+    assert batch_token_budget(Settings(), "cpu") == 4_096
+    assert batch_token_budget(Settings(), "cuda") == 16_384
+    assert batch_token_budget(Settings(embed_token_budget=1_000), "cpu") == 1_000
+    assert batch_token_budget(Settings(embed_token_budget=1_000), "cuda") == 1_000
 
 
 def test_count_tokens_uses_the_model_tokenizer_without_specials(plain: Embedder) -> None:
