@@ -9,7 +9,7 @@ STAMP := $(VENV)/.kensaku-installed
 BENCH_STAMP := $(VENV)/.kensaku-bench-installed
 MODEL_STAMP := .models/.built
 
-.PHONY: install model run test lint typecheck bench-ingest bench-embed bench-search bench-vectors clean
+.PHONY: install model run test lint typecheck bench-ingest bench-embed bench-search bench-vectors bench-langchain bench-langchain-env clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "kensaku needs Python >= 3.11"'
@@ -64,8 +64,24 @@ bench-embed: $(MODEL_STAMP) $(BENCH_STAMP)
 bench-search: $(MODEL_STAMP) $(BENCH_STAMP)
 	$(BIN)/kensaku bench search --corpus $(CORPUS) --queries $(QUERIES)
 
+# The LangChain PGVector script `kensaku bench langchain` compares with, in its own environment.
+LANGCHAIN_VENV := .venv-langchain
+LANGCHAIN_STAMP := $(LANGCHAIN_VENV)/.installed
+
+$(LANGCHAIN_STAMP): bench/langchain-requirements.txt
+	$(PYTHON) -m venv $(LANGCHAIN_VENV)
+	$(LANGCHAIN_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(LANGCHAIN_VENV)/bin/python -m pip install -q -r bench/langchain-requirements.txt
+	touch $(LANGCHAIN_STAMP)
+
+bench-langchain-env: $(LANGCHAIN_STAMP)
+
+# MiniLM on both sides (KENSAKU_BACKEND picks kensaku's); CORPUS and QUERIES as above.
+bench-langchain: $(MODEL_STAMP) $(BENCH_STAMP) $(LANGCHAIN_STAMP)
+	KENSAKU_MODEL=minilm $(BIN)/kensaku bench langchain --corpus $(CORPUS) --queries $(QUERIES)
+
 bench-vectors: $(MODEL_STAMP) $(BENCH_STAMP)
 	$(BIN)/kensaku bench vectors --corpus $(CORPUS) --queries $(QUERIES) --dimensions 0,150
 
 clean:
-	rm -rf $(VENV) .models .data
+	rm -rf $(VENV) $(LANGCHAIN_VENV) .models .data

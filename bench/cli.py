@@ -21,6 +21,14 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--no-peers", action="store_true")
     ing = sub.add_parser("ingest", help="end-to-end ingest against the raw encode speed")
     ing.add_argument("--docs", type=int, default=2000)
+    lc = sub.add_parser(
+        "langchain", help="kensaku next to a LangChain PGVector script: ingest, vector search"
+    )
+    lc.add_argument("--corpus", type=Path, required=True, help="a corpus JSONL (ja_dev's)")
+    lc.add_argument("--queries", type=Path, required=True)
+    lc.add_argument("--docs", type=int, default=1145, help="the corpus's first N passages")
+    lc.add_argument("--sample-queries", type=int, default=200)
+    lc.add_argument("--rounds", type=int, default=2, help="each round runs both, in turn")
     em = sub.add_parser("embed", help="embedding speed, latency, cold start, quality per backend")
     em.add_argument("--corpus", type=Path, help="a corpus for retrieval quality (with --queries)")
     em.add_argument("--queries", type=Path)
@@ -106,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench.ingest import main as ingest
 
         return ingest(docs=args.docs)
+    if args.what == "langchain":
+        from bench.langchain_peer import main as langchain
+
+        return langchain(args.corpus, args.queries, args.docs, args.sample_queries, args.rounds)
     if args.what == "embed":
         from bench.embed import main as embed
 

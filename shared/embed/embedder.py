@@ -327,6 +327,11 @@ def model_name(settings: Settings) -> str:
     return _resolve(settings)[1]
 
 
+def model_source(settings: Settings) -> str:
+    """What SentenceTransformer loads for ``settings.model``: a directory or a hub id."""
+    return _resolve(settings)[0]
+
+
 def _minilm_path_or_none() -> Path | None:
     try:
         return _minilm_path().resolve()
