@@ -22,6 +22,7 @@ from shared.config import Settings
 from shared.db import registry
 from shared.db.embeddings import ModelTable, register_embedder
 from shared.embed.embedder import Embedder, load_embedder, model_name
+from shared.embed.idle_cores import IdleCores
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ class ServedModels:
         # The registry's active model at the last look, and since when the API serves another.
         self.registry_active: str | None = None
         self._behind_since: float | None = None
+        # Unset KENSAKU_QUERY_THREADS: every loaded model's queries share one view of the cores.
+        self._idle = IdleCores() if settings.query_threads is None else None
 
     async def start(self) -> Served:
         """Load the active model (on a fresh database, KENSAKU_MODEL's, which becomes active)."""
@@ -90,8 +93,10 @@ class ServedModels:
             # The query model is loaded here, never on a request.
             with registry.loading_from_registry(name):
                 embedder = await asyncio.to_thread(
-                    load_embedder, settings, threads=settings.query_threads
+                    load_embedder, settings, threads=settings.query_threads or 1
                 )
+            if self._idle is not None:
+                embedder.follow_idle_cores(self._idle)
             table = await register_embedder(
                 self.pool,
                 embedder,

@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("--docs", type=int, default=2000, help="paragraphs in the quality sample")
     em.add_argument("--sample-queries", type=int, default=400)
     em.add_argument("--no-workers", action="store_true", help="skip the worker start per backend")
+    em.add_argument("--backends", default="", help="comma-separated backends (default: all)")
     ve = sub.add_parser(
         "vectors", help="vector index options at scale: load, build, recall, latency"
     )
@@ -122,7 +123,12 @@ def main(argv: list[str] | None = None) -> int:
         from bench.embed import main as embed
 
         return embed(
-            args.corpus, args.queries, args.docs, args.sample_queries, workers=not args.no_workers
+            args.corpus,
+            args.queries,
+            args.docs,
+            args.sample_queries,
+            workers=not args.no_workers,
+            only=[b for b in args.backends.split(",") if b] or None,
         )
     if args.what == "vectors":
         from bench.vectors import main as vectors

@@ -33,6 +33,7 @@ import numpy as np
 from shared.config import Settings, get_settings
 from shared.embed.embedder import Embedder, load_embedder
 from shared.embed.export import EXPORTED_BACKENDS
+from shared.embed.idle_cores import IdleCores
 from shared.errors import ConfigError
 from shared.evaluate import Query, load_queries, metrics_for, percentile, read_corpus
 from shared.text.chunk import chunk_text
@@ -219,16 +220,32 @@ def embedding_load(settings: Settings, backend: str, threads: int) -> Iterator[N
 def query_threads(
     settings: Settings, backend: str, queries: list[str], cores: int
 ) -> dict[str, float]:
-    """Query p50 on 1 thread and on every core, while another process encodes batches: what
-    KENSAKU_QUERY_THREADS (1) is chosen by."""
+    """Query p50 on 1 thread and on every core (and on torch, on the cores others leave idle,
+    as the API does with KENSAKU_QUERY_THREADS unset), on idle cores and while another process
+    encodes batches: what the API's query threads are chosen by."""
     out: dict[str, float] = {}
     update = {"backend": backend}
-    with embedding_load(settings, backend, cores):
-        for n in sorted({1, cores}):
-            one = load_embedder(settings.model_copy(update=update), threads=n)
+    fixed = {
+        n: load_embedder(settings.model_copy(update=update), threads=n) for n in sorted({1, cores})
+    }
+    follow = None
+    if backend == "torch":
+        follow = load_embedder(settings.model_copy(update=update), threads=1)
+        follow.follow_idle_cores(IdleCores())
+
+    def measure(phase: str) -> None:
+        for n, one in fixed.items():
             with _torch_threads(n if one.backend == "torch" else None):
                 one.encode_query(queries[0])  # warm
-                out[f"loaded_p50_ms_{n}"] = query_latency(one, queries)["query_p50_ms"]
+                out[f"{phase}_p50_ms_{n}"] = query_latency(one, queries)["query_p50_ms"]
+        if follow is not None:
+            with _torch_threads(1):  # put back what the followed encodes set
+                follow.encode_query(queries[0])
+                out[f"{phase}_p50_ms_free"] = query_latency(follow, queries)["query_p50_ms"]
+
+    measure("idle")
+    with embedding_load(settings, backend, cores):
+        measure("loaded")
     return out
 
 
@@ -289,6 +306,7 @@ def run(
     quality: tuple[list[dict[str, str]], list[Query]] | None = None,
     workers: bool = True,
     threads: bool = True,
+    only: list[str] | None = None,
 ) -> dict[str, Any]:
     settings = settings or get_settings()
     texts = [normalize(t) for t in (texts or default_texts())]
@@ -304,7 +322,7 @@ def run(
     }
     short = [normalize(t)[:40] for t in texts]
     reference: np.ndarray | None = None
-    for backend in backends_for(base):
+    for backend in [b for b in backends_for(base) if not only or b in only]:
         update = {"backend": backend}
         try:
             # Batches get every core; the query path gets one thread, as in the API.
@@ -368,15 +386,25 @@ def print_report(result: dict[str, Any]) -> None:
         "  cold s: a new process to its first query vector; worker s: a worker spawned to its "
         "first document indexed (job done)"
     )
-    loaded = {b: s for b, s in result["backends"].items() if "loaded_p50_ms_1" in s}
-    if loaded:
+    measured = {b: s for b, s in result["backends"].items() if "loaded_p50_ms_1" in s}
+    if measured:
         cores = result["cores"]
-        print(f"query p50 while another process encodes batches on {cores} threads:")
-        for backend, s in loaded.items():
-            many = s.get(f"loaded_p50_ms_{cores}", float("nan"))
+        print(
+            f"query p50 ms on idle cores | while another process encodes batches on {cores} "
+            f"threads; free: the cores others left idle (torch, KENSAKU_QUERY_THREADS unset)"
+        )
+        print(
+            f"  {'backend':<14} {'1':>7} {cores:>7} {'free':>7} | {'1':>7} {cores:>7} {'free':>7}"
+        )
+        for backend, s in measured.items():
+            row = [
+                s.get(f"{phase}_p50_ms_{n}", float("nan"))
+                for phase in ("idle", "loaded")
+                for n in (1, cores, "free")
+            ]
             print(
-                f"  {backend:<14} 1 thread {s['loaded_p50_ms_1']:>7.2f} ms   "
-                f"{cores} threads {many:>7.2f} ms"
+                f"  {backend:<14} {row[0]:>7.2f} {row[1]:>7.2f} {row[2]:>7.2f} | "
+                f"{row[3]:>7.2f} {row[4]:>7.2f} {row[5]:>7.2f}"
             )
 
 
@@ -386,9 +414,10 @@ def main(
     docs: int = 2000,
     n: int = 400,
     workers: bool = True,
+    only: list[str] | None = None,
 ) -> int:
     sample = quality_sample(corpus, queries, docs, n) if corpus and queries else None
-    result = run(quality=sample, workers=workers)
+    result = run(quality=sample, workers=workers, only=only)
     print_report(result)
     return 0
 

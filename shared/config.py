@@ -95,11 +95,12 @@ class Settings(BaseSettings):
     # An export whose mean cosine to torch on the Japanese probe texts is below this is refused.
     # MiniLM: onnx and openvino 1.000, openvino-int8 0.998, onnx-int8 0.981 (bench/RESULTS.md).
     export_min_cosine: float = Field(0.97, ge=0.0, le=1.0)
-    # Intra-op threads of the API's query encoder. A query is one short text: more threads only
-    # fight PostgreSQL and the workers for the cores (MiniLM query p50 with another process
-    # encoding batches on both cores: torch 67 ms on one thread, 113 on two; onnx-int8 17 and
-    # 26; `kensaku bench embed`, bench/RESULTS.md).
-    query_threads: int = Field(1, ge=1, le=256)
+    # Intra-op threads of the API's query encoder. Unset: on torch, each query gets the cores
+    # other processes left idle since the last look, else one (shared/embed/idle_cores.py):
+    # MiniLM's query p50 on 2 idle cores is 25 ms on two threads and 31 on one, but with a
+    # worker encoding batches on both, 113 on two and 67 on one (`kensaku bench embed`). An
+    # exported backend fixes its threads when its session opens: unset means 1 there.
+    query_threads: int | None = Field(None, ge=1, le=256)
     # Largest number of padded model tokens one encode batch may hold (length-sorted batches).
     # Unset: 4,096 on a CPU, where MiniLM on one thread took 7 % longer in batches of 16,384
     # (cache-sized batches win; bench/RESULTS.md), and 16,384 on a GPU.

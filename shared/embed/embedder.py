@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
     from shared.config import Settings
     from shared.embed.exported_model import ExportedModel
+    from shared.embed.idle_cores import IdleCores
 
 __all__ = ["MINILM_ALIASES", "Embedder", "load_embedder", "load_token_counter", "resolve_device"]
 
@@ -81,6 +82,7 @@ class Embedder:
         self.backend = backend
         self.device = device
         self.token_budget = token_budget
+        self._idle: IdleCores | None = None
         self.dimension = int(model.get_embedding_dimension() or 0)
         if self.dimension <= 0:
             raise ConfigError(f"model {name} does not report an embedding dimension")
@@ -231,8 +233,24 @@ class Embedder:
             return np.asarray(v / max(float(np.linalg.norm(v)), 1e-12), dtype=np.float32)
         return np.asarray(self.encode_lexemes([lexemes])[0], dtype=np.float32)
 
+    def follow_idle_cores(self, idle: IdleCores) -> None:
+        """Size each query encode's threads to the cores other processes leave idle. torch
+        only: an exported runtime's thread pool is fixed when its session opens."""
+        if self.backend == "torch" and self.device == "cpu":
+            self._idle = idle
+
     def encode_query(self, text: str) -> np.ndarray:
         """(dimension,) float32, L2-normalized; the model's query prompt is applied."""
+        if self._idle is None:
+            return self._encode_query(text)
+        import torch
+
+        with self._idle.share() as threads:
+            # Per calling thread: the API's other encode threads keep their own count.
+            torch.set_num_threads(threads)
+            return self._encode_query(text)
+
+    def _encode_query(self, text: str) -> np.ndarray:
         vectors = self.model.encode_query(
             [normalize(text)],
             batch_size=1,
