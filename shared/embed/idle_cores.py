@@ -73,8 +73,8 @@ class IdleCores:
             wall = now[0] - self._last[0]
             others = max(0.0, (now[1] - self._last[1]) - (now[2] - self._last[2])) / wall
             self._last = now
-            # A core counts as free when others used less than a quarter of one.
-            self._free = max(1, min(len(self._cpus), int(len(self._cpus) - others + 0.75)))
+            # A core counts as free when others used less than half of it.
+            self._free = max(1, min(len(self._cpus), int(len(self._cpus) - others + 0.5)))
             return self._free
 
     @contextlib.contextmanager

@@ -77,6 +77,14 @@ def test_one_busy_core_leaves_the_others(machine: Machine) -> None:
     assert idle.free() == len(CPUS) - 1
 
 
+def test_a_core_half_used_by_others_is_not_free(machine: Machine) -> None:
+    idle = machine.cores()
+    machine.run(1.0, others=0.6)
+    assert idle.free() == max(1, len(CPUS) - 1)
+    machine.run(1.0, others=0.4)
+    assert idle.free() == len(CPUS)
+
+
 def test_this_process_does_not_count_as_load(machine: Machine) -> None:
     idle = machine.cores()
     machine.run(1.0, others=0.0, own=float(len(CPUS)))
