@@ -97,8 +97,8 @@ class Settings(BaseSettings):
     export_min_cosine: float = Field(0.97, ge=0.0, le=1.0)
     # Intra-op threads of the API's query encoder. Unset: on torch, each query gets the cores
     # other processes left idle since the last look, else one (shared/embed/idle_cores.py):
-    # MiniLM's query p50 on 2 idle cores is 25 ms on two threads and 31 on one, but with a
-    # worker encoding batches on both, 113 on two and 67 on one (`kensaku bench embed`). An
+    # MiniLM's query p50 on 2 idle cores was 31 ms on two threads and 42 on one, but with a
+    # worker encoding batches on both, 94 on two and 47 on one (`kensaku bench embed`). An
     # exported backend fixes its threads when its session opens: unset means 1 there.
     query_threads: int | None = Field(None, ge=1, le=256)
     # Largest number of padded model tokens one encode batch may hold (length-sorted batches).

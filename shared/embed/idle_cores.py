@@ -2,11 +2,11 @@
 threads of one query encode when ``KENSAKU_QUERY_THREADS`` is unset.
 
 One short query encodes faster on two threads than on one while the cores are free (MiniLM on
-torch: 25 vs 31 ms), and much slower once an embed worker or PostgreSQL keeps them busy (113 vs
-67 ms): bench/RESULTS.md. The kernel's per-CPU counters (/proc/stat) say how busy the cores this
+torch: 31 vs 42 ms), and much slower once an embed worker or PostgreSQL keeps them busy (94 vs
+47 ms): bench/RESULTS.md. The kernel's per-CPU counters (/proc/stat) say how busy the cores this
 process may run on were since the last look; this process's own CPU time is taken out, so a
-query does not count its own threads as load. Hand-written: psutil reads the same counters but
-cannot take out this process's share on the same clock, and adds a dependency for six lines.
+query does not count its own threads as load. Hand-written rather than with psutil: it would
+read the same file, and a new dependency is more than the few lines of arithmetic here.
 """
 
 from __future__ import annotations
