@@ -111,6 +111,8 @@ class ServedModels:
     async def refresh(self) -> None:
         """Load what the registry serves or builds; move to the active model once loaded; let
         go of the rest."""
+        if self._idle is not None:
+            self._idle.refresh()  # each second: a query's view of the cores is never stale
         now = await registry.serving(self.pool)
         for name in sorted(now.names - self._loaded.keys()):
             failed = self._failed.get(name)

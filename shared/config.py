@@ -96,7 +96,7 @@ class Settings(BaseSettings):
     # MiniLM: onnx and openvino 1.000, openvino-int8 0.998, onnx-int8 0.981 (bench/RESULTS.md).
     export_min_cosine: float = Field(0.97, ge=0.0, le=1.0)
     # Intra-op threads of the API's query encoder. Unset: on torch, each query gets the cores
-    # other processes left idle since the last look, else one (shared/embed/idle_cores.py):
+    # other processes left idle lately (at most 4), else one (shared/embed/idle_cores.py):
     # MiniLM's query p50 on 2 idle cores was 31 ms on two threads and 42 on one, but with a
     # worker encoding batches on both, 94 on two and 47 on one (`kensaku bench embed`). An
     # exported backend fixes its threads when its session opens: unset means 1 there.

@@ -246,9 +246,13 @@ class Embedder:
         import torch
 
         with self._idle.share() as threads:
-            # Per calling thread: the API's other encode threads keep their own count.
+            # OpenMP's count is the calling thread's, but torch also keeps the last one set as
+            # the default of threads that start later: put back the query encoder's one after.
             torch.set_num_threads(threads)
-            return self._encode_query(text)
+            try:
+                return self._encode_query(text)
+            finally:
+                torch.set_num_threads(1)
 
     def _encode_query(self, text: str) -> np.ndarray:
         vectors = self.model.encode_query(
