@@ -112,7 +112,7 @@ class ServedModels:
         """Load what the registry serves or builds; move to the active model once loaded; let
         go of the rest."""
         if self._idle is not None:
-            self._idle.refresh()  # each second: a query's view of the cores is never stale
+            self._idle.free()  # a look each second: a query's view of the cores is never stale
         now = await registry.serving(self.pool)
         for name in sorted(now.names - self._loaded.keys()):
             failed = self._failed.get(name)

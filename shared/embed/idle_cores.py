@@ -51,9 +51,9 @@ def quota_cores(path: Path = CGROUP_CPU_MAX) -> int | None:
 class IdleCores:
     """``free()``: cores of the process's CPU set that other processes did not use in the
     window between the last two looks (at least ``MIN_WINDOW_S`` apart), rounded to whole
-    cores, at least 1 and at most ``MAX_THREADS`` or a cgroup quota. A look happens at a
-    ``free()`` or ``refresh()`` (the API calls it every second, so a window is never hours
-    long). Where /proc/stat is missing (not Linux), every core counts as free."""
+    cores, at least 1 and at most ``MAX_THREADS`` or a cgroup quota. A look happens at each
+    ``free()`` (the API also calls it every second, so a window is never hours long). Where
+    /proc/stat is missing (not Linux), every core counts as free."""
 
     def __init__(
         self,
@@ -87,8 +87,8 @@ class IdleCores:
                 busy[name] = sum(ticks) - sum(ticks[i] for i in _IDLE_COLUMNS)
         return self._clock(), busy, self._own_cpu()
 
-    def refresh(self) -> int:
-        """Look again if the last look is old enough; the cores free now."""
+    def free(self) -> int:
+        """The cores free now, looking again if the last look is old enough."""
         with self._lock:
             if self._last is None:
                 return self._limit
@@ -106,10 +106,6 @@ class IdleCores:
             # A core counts as free when others used less than half of it.
             self._free = max(1, min(self._limit, int(len(common) - others + 0.5)))
             return self._free
-
-    def free(self) -> int:
-        """The cores free now (looking again when the last look is old enough)."""
-        return self.refresh()
 
     @contextlib.contextmanager
     def share(self) -> Iterator[int]:
