@@ -92,11 +92,7 @@ class ServedModels:
             settings = self.settings.model_copy(update={"model": name})
             # The query model is loaded here, never on a request.
             with registry.loading_from_registry(name):
-                embedder = await asyncio.to_thread(
-                    load_embedder, settings, threads=settings.query_threads or 1
-                )
-            if self._idle is not None:
-                embedder.follow_idle_cores(self._idle)
+                embedder = await asyncio.to_thread(self._load_embedder, settings)
             table = await register_embedder(
                 self.pool,
                 embedder,
@@ -107,6 +103,12 @@ class ServedModels:
             served = Served(embedder, table)
             self._loaded[name] = self._loaded[table.model] = served
         return served
+
+    def _load_embedder(self, settings: Settings) -> Embedder:
+        embedder = load_embedder(settings, threads=settings.query_threads or 1)
+        if self._idle is not None:
+            embedder.follow_idle_cores(self._idle)  # opens sessions on an exported backend
+        return embedder
 
     async def refresh(self) -> None:
         """Load what the registry serves or builds; move to the active model once loaded; let

@@ -220,28 +220,25 @@ def embedding_load(settings: Settings, backend: str, threads: int) -> Iterator[N
 def query_threads(
     settings: Settings, backend: str, queries: list[str], cores: int
 ) -> dict[str, float]:
-    """Query p50 on 1 thread and on every core (and on torch, on the cores others leave idle,
-    as the API does with KENSAKU_QUERY_THREADS unset), on idle cores and while another process
-    encodes batches: what the API's query threads are chosen by."""
+    """Query p50 on 1 thread, on every core and on the cores others leave idle (as the API does
+    with KENSAKU_QUERY_THREADS unset), on idle cores and while another process encodes
+    batches: what the API's query threads are chosen by."""
     out: dict[str, float] = {}
     update = {"backend": backend}
     fixed = {
         n: load_embedder(settings.model_copy(update=update), threads=n) for n in sorted({1, cores})
     }
-    follow = None
-    if backend == "torch":
-        follow = load_embedder(settings.model_copy(update=update), threads=1)
-        follow.follow_idle_cores(IdleCores())
+    follow = load_embedder(settings.model_copy(update=update), threads=1)
+    follow.follow_idle_cores(IdleCores())
 
     def measure(phase: str) -> None:
         for n, one in fixed.items():
             with _torch_threads(n if one.backend == "torch" else None):
                 one.encode_query(queries[0])  # warm
                 out[f"{phase}_p50_ms_{n}"] = query_latency(one, queries)["query_p50_ms"]
-        if follow is not None:
-            with _torch_threads(1):  # put back what the followed encodes set
-                follow.encode_query(queries[0])
-                out[f"{phase}_p50_ms_free"] = query_latency(follow, queries)["query_p50_ms"]
+        with _torch_threads(1):  # put back what the followed encodes set
+            follow.encode_query(queries[0])
+            out[f"{phase}_p50_ms_free"] = query_latency(follow, queries)["query_p50_ms"]
 
     measure("idle")
     with embedding_load(settings, backend, cores):
@@ -391,7 +388,7 @@ def print_report(result: dict[str, Any]) -> None:
         cores = result["cores"]
         print(
             f"query p50 ms on idle cores | while another process encodes batches on {cores} "
-            f"threads; free: the cores others left idle (torch, KENSAKU_QUERY_THREADS unset)"
+            f"threads; free: the cores others left idle (KENSAKU_QUERY_THREADS unset)"
         )
         print(
             f"  {'backend':<14} {'1':>7} {cores:>7} {'free':>7} | {'1':>7} {cores:>7} {'free':>7}"

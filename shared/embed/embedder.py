@@ -234,18 +234,28 @@ class Embedder:
         return np.asarray(self.encode_lexemes([lexemes])[0], dtype=np.float32)
 
     def follow_idle_cores(self, idle: IdleCores) -> None:
-        """Size each query encode's threads to the cores other processes leave idle. torch
-        only: an exported runtime's thread pool is fixed when its session opens."""
-        if self.backend == "torch" and self.device == "cpu":
-            self._idle = idle
+        """Size each query encode's threads to the cores other processes leave idle, on the
+        CPU. torch sets the calling thread's count per encode; an exported runtime fixes its
+        thread pool when a session opens, so sessions on more threads are opened here (slow:
+        call it off the event loop) and each encode runs on the widest that fits."""
+        if self.device != "cpu":
+            return
+        if self.backend != "torch":
+            wider = getattr(self.model, "open_wider", None)
+            if wider is None:
+                return
+            wider(sorted({min(2, idle.limit), idle.limit}))
+        self._idle = idle
 
     def encode_query(self, text: str) -> np.ndarray:
         """(dimension,) float32, L2-normalized; the model's query prompt is applied."""
         if self._idle is None:
             return self._encode_query(text)
-        import torch
-
         with self._idle.share() as threads:
+            if self.backend != "torch":
+                return self._encode_query(text, threads=threads)
+            import torch
+
             # OpenMP's count is the calling thread's, but torch also keeps the last one set as
             # the default of threads that start later: put back the query encoder's one after.
             torch.set_num_threads(threads)
@@ -254,13 +264,14 @@ class Embedder:
             finally:
                 torch.set_num_threads(1)
 
-    def _encode_query(self, text: str) -> np.ndarray:
+    def _encode_query(self, text: str, **extra: Any) -> np.ndarray:
         vectors = self.model.encode_query(
             [normalize(text)],
             batch_size=1,
             show_progress_bar=False,
             convert_to_numpy=True,
             normalize_embeddings=True,
+            **extra,
         )
         return np.asarray(vectors[0], dtype=np.float32)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,8 @@ from shared.embed.export import MANIFEST
 from shared.errors import ConfigError
 
 __all__ = ["ExportedModel"]
+
+_Run = Callable[[dict[str, np.ndarray]], Any]
 
 
 class ExportedModel:
@@ -48,9 +50,32 @@ class ExportedModel:
             pad_id=int(manifest["pad_id"]), pad_token=str(manifest["pad_token"])
         )
         graph = manifest.get("graph")
-        self._run = self._open(self.directory / graph, threads) if graph and load_graph else None
+        self._graph = self.directory / graph if graph and load_graph else None
+        self._threads = threads
+        self._run = self._open(self._graph, threads) if self._graph else None
+        # Sessions on more threads, by thread count, for query encodes sized to the idle cores.
+        self._wider: dict[int, _Run] = {}
 
-    def _open(self, graph: Path, threads: int | None) -> Any:
+    def open_wider(self, counts: Iterable[int]) -> None:
+        """Open a session on each of ``counts`` intra-op threads next to the first one: a
+        session's thread pool is fixed when it opens, so a query that finds idle cores needs one
+        of that size at hand (Embedder.follow_idle_cores). Each holds its own copy of the
+        weights (MiniLM: about 30 MB int8, 100 MB fp32)."""
+        if self._graph is None or not self._threads:
+            return
+        for n in counts:
+            if n > self._threads and n not in self._wider:
+                self._wider[n] = self._open(self._graph, n, spin=False)
+
+    def session_threads(self, threads: int | None) -> int | None:
+        """The intra-op threads of the session an encode offered ``threads`` runs on: the
+        widest one that fits, else the first."""
+        fits = [n for n in self._wider if threads is not None and n <= threads]
+        return max(fits) if fits else self._threads
+
+    def _open(self, graph: Path, threads: int | None, *, spin: bool = True) -> _Run:
+        """``spin``: ONNX Runtime's pool threads spin a while for the next run (OpenVINO's
+        do not)."""
         if self.backend.startswith("onnx"):
             import onnxruntime as ort
 
@@ -58,6 +83,10 @@ class ExportedModel:
             if threads:
                 options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+            if not spin:
+                # Idle pool threads sleep at once instead of spinning for the next run: a core
+                # a query borrowed goes back to whoever needs it next.
+                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
             return lambda feed: session.run(None, feed)[0]
         import openvino as ov
@@ -95,10 +124,15 @@ class ExportedModel:
         return self.encode(texts, prompt, kwargs.get("normalize_embeddings", True))
 
     def encode_query(self, texts: list[str], **kwargs: Any) -> np.ndarray:
+        """``threads``: the intra-op threads the encode may use (``session_threads``)."""
         prompt = self.prompts.get("query", "")
-        return self.encode(texts, prompt, kwargs.get("normalize_embeddings", True))
+        return self.encode(
+            texts, prompt, kwargs.get("normalize_embeddings", True), kwargs.get("threads")
+        )
 
-    def encode(self, texts: list[str], prompt: str = "", normalize: bool = True) -> np.ndarray:
+    def encode(
+        self, texts: list[str], prompt: str = "", normalize: bool = True, threads: int | None = None
+    ) -> np.ndarray:
         """One batch, as given (``Embedder`` sorts and sizes the batches)."""
         if not texts:
             return np.zeros((0, self._dimension), dtype=np.float32)
@@ -113,7 +147,8 @@ class ExportedModel:
         feed = {k: np.asarray(columns[k], dtype=np.int64) for k in self._inputs}
         if self._run is None:
             raise ConfigError(f"{self.directory} was loaded to count tokens, not to encode")
-        vectors = np.asarray(self._run(feed), dtype=np.float32)
+        run = self._wider.get(self.session_threads(threads) or 0, self._run)
+        vectors = np.asarray(run(feed), dtype=np.float32)
         if normalize:
             vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         return vectors

@@ -73,6 +73,11 @@ class IdleCores:
         self._free = self._limit
         self._inflight = 0
 
+    @property
+    def limit(self) -> int:
+        """The most threads ``free()`` ever answers."""
+        return self._limit
+
     def _look(self) -> _Look | None:
         """(wall seconds, busy ticks per CPU of the set, this process's CPU seconds)."""
         try:

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from shared.embed import export
 from shared.embed.embedder import Embedder, _minilm_path, load_embedder, load_token_counter
 from shared.embed.export import EXPORTED_BACKENDS, MANIFEST, export_dir
 from shared.errors import ConfigError
+from tests.unit.test_idle_cores import CPUS, LIMIT, Machine
 
 TEXTS = [
     "東京スカイツリーは東京都墨田区にある電波塔である。",
@@ -65,6 +67,34 @@ def test_export_matches_torch(backend: str, models_dir: Path, torch_minilm: Embe
     assert manifest["backend"] == backend
     assert manifest["quality"]["probe_texts"] == len(export.probe_texts()) > 30
     assert manifest["quality"]["mean_cosine"] >= FLOOR[backend]
+
+
+@pytest.mark.skipif(LIMIT < 2, reason="needs two cores")
+@pytest.mark.parametrize("backend", ["onnx-int8", "openvino"])
+def test_queries_on_idle_cores_run_on_a_wider_session(
+    backend: str, models_dir: Path, tmp_path: Path
+) -> None:
+    emb = load_embedder(settings(models_dir, backend), threads=1)
+    reference = emb.encode_query("東京の電波塔")
+    machine = Machine(tmp_path / "stat")
+    emb.follow_idle_cores(machine.cores())
+    model = emb.model
+    used: list[int] = []  # the thread count of each session that ran, in order
+
+    def counted(n: int, run: Any) -> Any:
+        return lambda feed: (used.append(n), run(feed))[1]
+
+    model._wider = {n: counted(n, run) for n, run in model._wider.items()}
+    model._run = counted(1, model._run)
+    machine.run(1.0, others=0.0)
+    vector = emb.encode_query("東京の電波塔")
+    assert used == [LIMIT]
+    np.testing.assert_allclose(vector, reference, atol=1e-4)
+    emb.encode_documents(TEXTS[:1])
+    assert used == [LIMIT, 1]  # batches keep the first session
+    machine.run(1.0, others=float(len(CPUS)))
+    emb.encode_query("東京の電波塔")
+    assert used == [LIMIT, 1, 1]  # the cores are busy: one thread
 
 
 def test_an_export_is_reused_and_redone_when_the_model_changes(
