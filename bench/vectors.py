@@ -11,7 +11,9 @@ PostgreSQL with one partition, as a collection's is: binary COPY load in rows/s,
 (kensaku's own `build_vector_index`) in seconds, table and index size, recall@10 of kensaku's
 vector SQL (search.sql's vector fragment, with its re-ranking where the index is approximate)
 against exact cosine ranking in numpy, and latency p50/p95 at concurrency 1 and 8. HNSW builds
-are searched at each ``--ef-search`` value in turn (one build, several search breadths).
+are searched at each ``--ef-search`` value in turn (one build, several search breadths). Last,
+the rate of a small upload into the indexed partition (rows/s, each row inserted into the
+index as it is written).
 
 The machine is shared and noisy: compare figures within one run.
 """
@@ -53,6 +55,8 @@ from shared.text.pipeline import embedding_input, unit_texts
 COLLECTION_ID = 1
 TOP_K = 10
 _LOAD_BATCH = 10_000
+# Rows of the small upload timed after each build (``_insert_after``).
+INSERT_ROWS = 2_000
 
 
 def corpus_vectors(corpus: Path, queries: Path, rows: int, n_queries: int, seed: int = 7) -> Any:
@@ -131,9 +135,11 @@ async def measure(
     dimensions: list[int],
     ef_search: list[int],
     projections: list[str],
+    insert_rows: int = INSERT_ROWS,
 ) -> list[dict[str, Any]]:
     """One build per kind, dimensions and projection; recall and latency for each ef_search on
-    it (HNSW kinds; IVFFlat is measured once, at its probes)."""
+    it (HNSW kinds; IVFFlat is measured once, at its probes); then ``insert_rows`` more rows
+    written into it as uploads write them."""
     results = []
     pool = await create_pool(settings, min_size=1, role="worker")
     try:
@@ -158,12 +164,13 @@ async def measure(
             )
             built = await _build(pool, settings, table, vectors)
             efs = ef_search if kind.startswith("hnsw") else [settings.hnsw_ef_search]
+            measured = []
             for ef in efs:
                 tuned = settings.model_copy(update={"hnsw_ef_search": ef})
                 r = built | await _search(tuned, table, queries, truth)
                 if not kind.startswith("hnsw"):
                     r["ef_search"] = None  # IVFFlat searches by its probes
-                results.append(r)
+                measured.append(r)
                 shown = ef if kind.startswith("hnsw") else "-"
                 print(
                     f"  {kind:<13} {r['dimensions']:>5} {r['projection']:>6} {shown:>5} "
@@ -172,6 +179,14 @@ async def measure(
                     f"{r['p95_ms_c1']:>7.2f} {r['p50_ms_c8']:>7.2f} {r['p95_ms_c8']:>7.2f}",
                     flush=True,
                 )
+            # Last, so that the searches above see only the vectors their truth was made of.
+            inserted = await _insert_after(pool, settings, table, vectors, insert_rows)
+            print(
+                f"    then {insert_rows:,} rows into the indexed partition in batches of "
+                f"{settings.embed_batch_size}: {inserted:,.0f} rows/s",
+                flush=True,
+            )
+            results += [r | {"insert_rows_per_s": inserted} for r in measured]
     finally:
         await pool.close()
     return results
@@ -218,6 +233,26 @@ async def _build(
         "table_mb": sizes["t"] / 2**20,
         "index_mb": sizes["i"] / 2**20,
     }
+
+
+async def _insert_after(
+    pool: asyncpg.Pool, settings: Settings, table: ModelTable, vectors: np.ndarray, rows: int
+) -> float:
+    """Rows/s of a small upload into the partition once its index exists: written as an embed
+    task writes them, one batch per transaction, so every row goes into the index on its own
+    (the per-row insertion a job's deferred build avoids)."""
+    fresh = with_sums(vectors, len(vectors) + rows, seed=11)[len(vectors) :]
+    batch = settings.embed_batch_size
+    started = time.perf_counter()
+    for at in range(0, rows, batch):
+        async with pool.acquire() as conn, conn.transaction():
+            await copy_vectors(
+                conn,
+                table,
+                COLLECTION_ID,
+                [(len(vectors) + i, 0, fresh[i]) for i in range(at, min(at + batch, rows))],
+            )
+    return rows / (time.perf_counter() - started)
 
 
 async def _search(

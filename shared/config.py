@@ -95,11 +95,12 @@ class Settings(BaseSettings):
     # An export whose mean cosine to torch on the Japanese probe texts is below this is refused.
     # MiniLM: onnx and openvino 1.000, openvino-int8 0.998, onnx-int8 0.981 (bench/RESULTS.md).
     export_min_cosine: float = Field(0.97, ge=0.0, le=1.0)
-    # Intra-op threads of the API's query encoder. Unset: on torch, each query gets the cores
-    # other processes left idle lately (at most 4), else one (shared/embed/idle_cores.py):
-    # MiniLM's query p50 on 2 idle cores was 31 ms on two threads and 42 on one, but with a
-    # worker encoding batches on both, 94 on two and 47 on one (`kensaku bench embed`). An
-    # exported backend fixes its threads when its session opens: unset means 1 there.
+    # Intra-op threads of the API's query encoder. Unset: each query gets the cores other
+    # processes left idle lately (at most 4), else one (shared/embed/idle_cores.py): MiniLM's
+    # query p50 on 2 idle cores was 31 ms on two threads and 42 on one, but with a worker
+    # encoding batches on both, 94 on two and 47 on one (torch, `kensaku bench embed`). An
+    # exported backend's session fixes its threads when it opens, so it holds a session on 2
+    # (and one on the limit, up to 4) next to the one-thread one.
     query_threads: int | None = Field(None, ge=1, le=256)
     # Largest number of padded model tokens one encode batch may hold (length-sorted batches).
     # Unset: 4,096 on a CPU, where MiniLM on one thread took 7 % longer in batches of 16,384

@@ -39,8 +39,23 @@ def test_every_index_kind_is_measured_through_its_index(stack: Any) -> None:
     # rows the planner rightly prefers the exact scan to an HNSW search much wider than 100).
     # 64 dimensions both ways: the first 64, and 64 principal components.
     results = asyncio.run(
-        measure(settings, vectors, queries, truth, kinds, [0, 64], [40, 100], ["pca", "prefix"])
+        measure(
+            settings,
+            vectors,
+            queries,
+            truth,
+            kinds,
+            [0, 64],
+            [40, 100],
+            ["pca", "prefix"],
+            insert_rows=300,
+        )
     )
+    # The last build's partition also holds the small upload timed after its searches.
+    table = db_fetch(
+        stack, "SELECT table_name FROM embedding_models WHERE name = 'kensaku-bench/vectors'"
+    )[0]["table_name"]
+    assert db_fetch(stack, f"SELECT count(*) AS n FROM {table}")[0]["n"] == len(vectors) + 300
     variants = [(k, 300, "-") for k in kinds]
     variants += [(k, 64, p) for k in kinds for p in ("pca", "prefix")]
     assert sorted(
@@ -48,6 +63,7 @@ def test_every_index_kind_is_measured_through_its_index(stack: Any) -> None:
     ) == sorted((k, d, p, ef) for k, d, p in variants for ef in (40, 100))
     for r in results:
         assert r["rows"] == len(vectors) and r["index_mb"] > 0 and r["load_rows_per_s"] > 0
+        assert r["insert_rows_per_s"] > 0
     full = {(r["index"], r["ef_search"]): r["recall@10"] for r in results if r["dimensions"] == 300}
     assert full["hnsw_halfvec", 100] >= 0.9 and full["hnsw", 100] >= 0.9, full
     for kind in kinds:  # a wider search finds at least as much (0.01: two results of 200)
