@@ -110,6 +110,9 @@ class Embedding(BaseModel):
     dimensions_stored: int
     # How a reduced index's dimensions are made (KENSAKU_VECTOR_PROJECTION); null: all of them.
     projection: Literal["pca", "prefix"] | None
+    # Intra-op thread counts a query encode may run on; the cores other processes leave idle
+    # choose among them (KENSAKU_QUERY_THREADS unset). Empty: the runtime's own default.
+    query_threads: list[int]
 
 
 class Readiness(BaseModel):

@@ -60,6 +60,7 @@ async def readyz(st: State) -> JSONResponse:
         "index": served.table.index_kind,
         "dimensions_stored": served.table.dimensions_stored,
         "projection": served.table.projection if served.table.reduced else None,
+        "query_threads": served.embedder.query_threads(),
     }
     checks["registry_model"] = st.models.registry_active
     behind = st.models.behind_too_long()

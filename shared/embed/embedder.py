@@ -241,11 +241,27 @@ class Embedder:
         if self.device != "cpu":
             return
         if self.backend != "torch":
-            wider = getattr(self.model, "open_wider", None)
-            if wider is None:
+            from shared.embed.exported_model import ExportedModel
+
+            if not isinstance(self.model, ExportedModel):
                 return
-            wider(sorted({min(2, idle.limit), idle.limit}))
+            self.model.open_wider(sorted({min(2, idle.limit), idle.limit}))
         self._idle = idle
+
+    def query_threads(self) -> list[int]:
+        """The intra-op thread counts a query encode may run on: the free cores choose among
+        them (``follow_idle_cores``). [1] for a query embedded by numpy alone."""
+        if self._numpy_query is not None:
+            return [1]
+        if self.backend != "torch":
+            from shared.embed.exported_model import ExportedModel
+
+            return self.model.sessions() if isinstance(self.model, ExportedModel) else []
+        if self._idle is not None:
+            return list(range(1, self._idle.limit + 1))
+        import torch
+
+        return [torch.get_num_threads()]
 
     def encode_query(self, text: str) -> np.ndarray:
         """(dimension,) float32, L2-normalized; the model's query prompt is applied."""

@@ -67,6 +67,11 @@ class ExportedModel:
             if n > self._threads and n not in self._wider:
                 self._wider[n] = self._open(self._graph, n, spin=False)
 
+    def sessions(self) -> list[int]:
+        """The intra-op threads of each open session, first one first (none when the first is on
+        the runtime's default)."""
+        return [self._threads, *sorted(self._wider)] if self._threads and self._run else []
+
     def session_threads(self, threads: int | None) -> int | None:
         """The intra-op threads of the session an encode offered ``threads`` runs on: the
         widest one that fits, else the first."""

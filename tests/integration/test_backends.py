@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from shared.embed.idle_cores import IdleCores
 from shared.stack.stack import Stack
 from tests.helpers import data_dir, wait_job
 
@@ -43,6 +44,9 @@ def test_upload_and_search_on_onnx_int8(onnx_stack: Any) -> None:
         assert ready["embedding"]["backend"] == "onnx-int8", ready
         assert ready["embedding"]["model"] == "sentence-transformers/all-MiniLM-L6-v2"
         assert ready["embedding"]["dimension"] == 384
+        # KENSAKU_QUERY_THREADS unset: a session on one thread, and wider ones for idle cores.
+        limit = IdleCores().limit  # as the API reads the cores, quota included
+        assert ready["embedding"]["query_threads"] == sorted({1, min(2, limit), limit}), ready
         body = {
             "collection": "onnx",
             "documents": [{"id": f"d{i}", "title": t, "text": x} for i, (t, x) in enumerate(DOCS)],

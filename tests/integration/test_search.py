@@ -104,6 +104,7 @@ def test_readyz_reports_the_vector_index(api: httpx.Client) -> None:
     assert embedding["index"] == Settings.model_fields["vector_index"].default == "hnsw_halfvec"
     assert embedding["dimensions_stored"] == embedding["dimension"] == 300
     assert embedding["projection"] is None  # all dimensions: nothing projected
+    assert embedding["query_threads"] == [1]  # the default model's query is a numpy sum
 
 
 def test_default_mode_is_hybrid(api: httpx.Client, search_collection: str) -> None:

@@ -76,8 +76,10 @@ def test_queries_on_idle_cores_run_on_a_wider_session(
 ) -> None:
     emb = load_embedder(settings(models_dir, backend), threads=1)
     reference = emb.encode_query("東京の電波塔")
+    assert emb.query_threads() == [1]
     machine = Machine(tmp_path / "stat")
     emb.follow_idle_cores(machine.cores())
+    assert emb.query_threads() == sorted({1, 2, LIMIT})
     model = emb.model
     used: list[int] = []  # the thread count of each session that ran, in order
 

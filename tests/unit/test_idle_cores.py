@@ -182,6 +182,7 @@ def _query_in_a_thread(embedder: Embedder, text: str) -> tuple[int, int, np.ndar
 def test_query_encodes_take_the_free_cores(embedder: Embedder, machine: Machine) -> None:
     _, _, reference = _query_in_a_thread(embedder, "東京 の 天気")
     embedder.follow_idle_cores(machine.cores())
+    assert embedder.query_threads() == list(range(1, LIMIT + 1))
     machine.run(1.0, others=0.0)
     during, after, vector = _query_in_a_thread(embedder, "東京 の 天気")
     assert during == LIMIT
