@@ -236,7 +236,8 @@ def query_threads(
             with _torch_threads(n if one.backend == "torch" else None):
                 one.encode_query(queries[0])  # warm
                 out[f"{phase}_p50_ms_{n}"] = query_latency(one, queries)["query_p50_ms"]
-        with _torch_threads(1):  # put back what the followed encodes set
+        # Put back what the followed encodes set (torch's count is process-wide).
+        with _torch_threads(1 if backend == "torch" else None):
             follow.encode_query(queries[0])
             out[f"{phase}_p50_ms_free"] = query_latency(follow, queries)["query_p50_ms"]
 

@@ -238,9 +238,10 @@ async def _build(
 async def _insert_after(
     pool: asyncpg.Pool, settings: Settings, table: ModelTable, vectors: np.ndarray, rows: int
 ) -> float:
-    """Rows/s of a small upload into the partition once its index exists: written as an embed
-    task writes them, one batch per transaction, so every row goes into the index on its own
-    (the per-row insertion a job's deferred build avoids)."""
+    """Rows/s of a small upload into the partition once its index exists: COPY in batches of
+    an embed task's size, one transaction each, so every row goes into the index on its own
+    (the per-row insertion a job's deferred build avoids). New chunk ids only, so none of an
+    embed task's DELETE of a document's old vectors."""
     fresh = with_sums(vectors, len(vectors) + rows, seed=11)[len(vectors) :]
     batch = settings.embed_batch_size
     started = time.perf_counter()

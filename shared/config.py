@@ -100,7 +100,7 @@ class Settings(BaseSettings):
     # query p50 on 2 idle cores was 31 ms on two threads and 42 on one, but with a worker
     # encoding batches on both, 94 on two and 47 on one (torch, `kensaku bench embed`). An
     # exported backend's session fixes its threads when it opens, so it holds a session on 2
-    # (and one on the limit, up to 4) next to the one-thread one.
+    # (and one on the limit, up to 4) next to the one-thread one, where the limit is above 1.
     query_threads: int | None = Field(None, ge=1, le=256)
     # Largest number of padded model tokens one encode batch may hold (length-sorted batches).
     # Unset: 4,096 on a CPU, where MiniLM on one thread took 7 % longer in batches of 16,384

@@ -245,7 +245,12 @@ class Embedder:
 
             if not isinstance(self.model, ExportedModel):
                 return
-            self.model.open_wider(sorted({min(2, idle.limit), idle.limit}))
+            try:
+                self.model.open_wider(sorted({min(2, idle.limit), idle.limit}))
+            except Exception:  # memory, say: the one-thread session still serves every query
+                log.warning(
+                    "%s: no wider query session; one thread per query", self.name, exc_info=True
+                )
         self._idle = idle
 
     def query_threads(self) -> list[int]:
@@ -257,6 +262,8 @@ class Embedder:
             from shared.embed.exported_model import ExportedModel
 
             return self.model.sessions() if isinstance(self.model, ExportedModel) else []
+        if self.device != "cpu":
+            return []  # a GPU's kernels: no intra-op count to report
         if self._idle is not None:
             return list(range(1, self._idle.limit + 1))
         import torch

@@ -65,7 +65,8 @@ class ExportedModel:
             return
         for n in counts:
             if n > self._threads and n not in self._wider:
-                self._wider[n] = self._open(self._graph, n, spin=False)
+                # A new dict, not an insert: an encode reading the old one meanwhile is safe.
+                self._wider = {**self._wider, n: self._open(self._graph, n, spin=False)}
 
     def sessions(self) -> list[int]:
         """The intra-op threads of each open session, first one first (none when the first is on
@@ -77,6 +78,10 @@ class ExportedModel:
         widest one that fits, else the first."""
         fits = [n for n in self._wider if threads is not None and n <= threads]
         return max(fits) if fits else self._threads
+
+    def _session(self, threads: int | None) -> _Run:
+        assert self._run is not None
+        return self._wider.get(self.session_threads(threads) or 0, self._run)
 
     def _open(self, graph: Path, threads: int | None, *, spin: bool = True) -> _Run:
         """``spin``: ONNX Runtime's pool threads spin a while for the next run (OpenVINO's
@@ -152,8 +157,7 @@ class ExportedModel:
         feed = {k: np.asarray(columns[k], dtype=np.int64) for k in self._inputs}
         if self._run is None:
             raise ConfigError(f"{self.directory} was loaded to count tokens, not to encode")
-        run = self._wider.get(self.session_threads(threads) or 0, self._run)
-        vectors = np.asarray(run(feed), dtype=np.float32)
+        vectors = np.asarray(self._session(threads)(feed), dtype=np.float32)
         if normalize:
             vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         return vectors

@@ -18,6 +18,7 @@ from shared.config import Settings
 from shared.embed import export
 from shared.embed.embedder import Embedder, _minilm_path, load_embedder, load_token_counter
 from shared.embed.export import EXPORTED_BACKENDS, MANIFEST, export_dir
+from shared.embed.idle_cores import IdleCores
 from shared.errors import ConfigError
 from tests.unit.test_idle_cores import CPUS, LIMIT, Machine
 
@@ -97,6 +98,31 @@ def test_queries_on_idle_cores_run_on_a_wider_session(
     machine.run(1.0, others=float(len(CPUS)))
     emb.encode_query("東京の電波塔")
     assert used == [LIMIT, 1, 1]  # the cores are busy: one thread
+    # A quota of one core: no wider session is opened, and every query runs on one thread.
+    single = load_embedder(settings(models_dir, backend), threads=1)
+    machine.run(1.0, others=0.0)
+    single.follow_idle_cores(
+        IdleCores(machine.path, clock=lambda: machine.now, own_cpu=lambda: machine.own, quota=1)
+    )
+    assert single.query_threads() == [1]
+
+
+@pytest.mark.skipif(LIMIT < 2, reason="needs two cores")
+def test_a_wider_session_that_cannot_open_leaves_one_thread(
+    models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    emb = load_embedder(settings(models_dir, "onnx-int8"), threads=1)
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise MemoryError("no room for another copy of the weights")
+
+    monkeypatch.setattr(emb.model, "_open", refuse)
+    machine = Machine(tmp_path / "stat")
+    emb.follow_idle_cores(machine.cores())
+    machine.run(1.0, others=0.0)
+    assert emb.query_threads() == [1]
+    assert emb.encode_query("東京の電波塔").shape == (384,)  # the first session serves
+    assert "no wider query session" in caplog.text
 
 
 def test_an_export_is_reused_and_redone_when_the_model_changes(
