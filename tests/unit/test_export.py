@@ -109,7 +109,10 @@ def test_queries_on_idle_cores_run_on_a_wider_session(
 
 @pytest.mark.skipif(LIMIT < 2, reason="needs two cores")
 def test_a_wider_session_that_cannot_open_leaves_one_thread(
-    models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    models_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     emb = load_embedder(settings(models_dir, "onnx-int8"), threads=1)
 
